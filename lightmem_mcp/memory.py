@@ -1,0 +1,368 @@
+"""The transport-free memory service: every tool, the CLI and the tests call this."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from lightmem_mcp.config import SearchMode, Settings
+from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
+from lightmem_mcp.errors import InvalidInput
+from lightmem_mcp.lexical import LexicalEncoder
+from lightmem_mcp.records import (
+    AddResult,
+    DeleteResult,
+    FoundPoint,
+    GetResult,
+    Kind,
+    ListResult,
+    MemoryRecord,
+    Message,
+    RecordFilter,
+    Scope,
+    SearchFilters,
+    SearchHit,
+    SearchResult,
+    StoredPoint,
+)
+from lightmem_mcp.store import Ranking, VectorStore, open_store
+from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
+from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
+
+# Record ids are derived from scope and message id, so re-sending a message replaces it.
+_ID_NAMESPACE = uuid.UUID("6f1c2a44-5f0e-4d4e-9a57-3c1f7d0e8b21")
+_MAX_SCOPE_ID = 256
+
+
+class Memory:
+    """Store, search, read and delete memories, always within one scope."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, store: VectorStore, lexical: LexicalEncoder) -> None:
+        self._settings = settings
+        self._limits = settings.limits
+        self.embedder = embedder
+        self.store = store
+        self.lexical = lexical
+        search = settings.search
+        self._ranking = Ranking(
+            mode=search.mode,
+            rrf_k=search.rrf_k,
+            dense_weight=search.dense_weight,
+            sparse_weight=search.sparse_weight,
+            candidates=search.candidates,
+        )
+
+    @classmethod
+    def open(cls, settings: Settings) -> Memory:
+        """Load the embedder and open the configured store (blocking: seconds on first load)."""
+        embedder = SentenceTransformerEmbedder(settings.embedding)
+        lexical = LexicalEncoder()
+        layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
+        return cls(settings, embedder, open_store(settings.store, layout), lexical)
+
+    def close(self) -> None:
+        """Flush and release the store."""
+        self.store.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult:
+        """Store each message as a `turn` record, durable and searchable when this returns."""
+        _check_scope(scope)
+        if not messages:
+            raise InvalidInput("messages", "empty list: send at least one message")
+        if len(messages) > self._limits.max_messages_per_call:
+            raise InvalidInput(
+                "messages",
+                f"{len(messages)} messages in one call; at most {self._limits.max_messages_per_call} "
+                "(LIGHTMEM_MAX_MESSAGES_PER_CALL): split them into several calls",
+            )
+        stored_at = now()
+        seen: dict[str, int] = {}
+        prepared: list[tuple[str, Message, datetime]] = []
+        for index, message in enumerate(messages):
+            field = f"messages[{index}]"
+            if not message.content.strip():
+                raise InvalidInput(f"{field}.content", "empty: a memory needs some text")
+            if len(message.content) > self._limits.max_message_chars:
+                raise InvalidInput(
+                    f"{field}.content",
+                    f"{len(message.content)} characters; at most {self._limits.max_message_chars} "
+                    "(LIGHTMEM_MAX_MESSAGE_CHARS): split the message",
+                )
+            message_id = message.id if message.id is not None else uuid.uuid4().hex
+            if message_id in seen:
+                raise InvalidInput(f"{field}.id", f"{message_id!r} repeats messages[{seen[message_id]}].id")
+            seen[message_id] = index
+            event_time = stored_at
+            if message.timestamp is not None:
+                try:
+                    event_time = parse_timestamp(message.timestamp)
+                except ValueError:
+                    raise InvalidInput(
+                        f"{field}.timestamp", f"{message.timestamp!r} is not a time; use {ACCEPTED}"
+                    ) from None
+            prepared.append((message_id, message, event_time))
+
+        texts = [message.content for _, message, _ in prepared]
+        dense = self.embedder.embed_documents(texts)
+        points = []
+        for (message_id, message, event_time), vector, text in zip(prepared, dense, texts, strict=True):
+            record_id = _record_id(scope, "turn", message_id)
+            payload = _payload(scope, "turn", text, message.role, message.name, [message_id], event_time, stored_at)
+            payload["original_text"] = message.content
+            points.append(StoredPoint(record_id, vector, self.lexical.encode_document(text), payload))
+        self.store.upsert(points)
+        return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
+
+    # -- reading -------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        scope: Scope,
+        limit: int = 10,
+        filters: SearchFilters | None = None,
+        mode: SearchMode | None = None,
+    ) -> SearchResult:
+        """Best matches for `query` within the scope and filters."""
+        _check_scope(scope)
+        if not query.strip():
+            raise InvalidInput("query", "empty: say what to look for")
+        if len(query) > self._limits.max_message_chars:
+            raise InvalidInput("query", f"longer than {self._limits.max_message_chars} characters: shorten it")
+        self._check_limit(limit)
+        where = self._where(scope, filters)
+        ranking = self._ranking if mode is None else Ranking(**{**self._ranking.__dict__, "mode": mode})
+        found = self.store.query(
+            self.embedder.embed_query(query), self.lexical.encode_query(query), where, limit, ranking
+        )
+        return SearchResult(hits=[_hit(point) for point in found])
+
+    def get(self, ids: Sequence[str], scope: Scope) -> GetResult:
+        """Records by id; ids outside the scope are reported missing, never revealed."""
+        found = self._fetch(ids, scope)
+        return GetResult(
+            records=[_record(found[i]) for i in dict.fromkeys(ids) if i in found],
+            missing=[i for i in dict.fromkeys(ids) if i not in found],
+        )
+
+    def list(
+        self, scope: Scope, kinds: Sequence[Kind] | None = None, limit: int = 20, cursor: str | None = None
+    ) -> ListResult:
+        """One page of records, newest event first."""
+        _check_scope(scope)
+        self._check_limit(limit)
+        before_ts, skip = _decode_cursor(cursor) if cursor else (None, [])
+        where = RecordFilter(
+            user_id=scope.user_id,
+            agent_id=scope.agent_id,
+            session_id=scope.session_id,
+            kinds=tuple(kinds or ()),
+        )
+        page = self.store.scroll(where, limit + 1, before_ts, skip)
+        more = len(page) > limit
+        page = page[:limit]
+        next_cursor = None
+        if more and page:
+            last_ts = _event_ts(page[-1])
+            # Records sharing the boundary time are skipped by id, so ties never repeat or vanish.
+            tied = [p.id for p in page if _event_ts(p) == last_ts]
+            if before_ts == last_ts:
+                tied = skip + tied
+            next_cursor = _encode_cursor(last_ts, tied)
+        return ListResult(records=[_record(p) for p in page], next_cursor=next_cursor)
+
+    def count(self, scope: Scope) -> int:
+        """How many records the scope holds."""
+        _check_scope(scope)
+        return self.store.count(RecordFilter(scope.user_id, scope.agent_id, scope.session_id))
+
+    # -- deleting ------------------------------------------------------------------------
+
+    def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult:
+        """Delete records by id within the scope."""
+        found = self._fetch(ids, scope)
+        if found:
+            self.store.delete(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, ids=tuple(found)))
+        unique = list(dict.fromkeys(ids))
+        return DeleteResult(deleted=[i for i in unique if i in found], missing=[i for i in unique if i not in found])
+
+    def forget(self, scope: Scope, confirm: bool) -> int:
+        """Delete everything in the scope; returns how many records went."""
+        _check_scope(scope)
+        if confirm is not True:
+            raise InvalidInput(
+                "confirm",
+                f"forget deletes every memory of user {scope.user_id!r}"
+                + (f", agent {scope.agent_id!r}" if scope.agent_id else "")
+                + (f", session {scope.session_id!r}" if scope.session_id else "")
+                + " and cannot be undone: call again with confirm=true",
+            )
+        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id)
+        count = self.store.count(where)
+        self.store.delete(where)
+        return count
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _fetch(self, ids: Sequence[str], scope: Scope) -> dict[str, FoundPoint]:
+        _check_scope(scope)
+        if not ids:
+            raise InvalidInput("ids", "empty list: give at least one memory id")
+        if len(ids) > self._limits.max_ids_per_call:
+            raise InvalidInput(
+                "ids", f"{len(ids)} ids; at most {self._limits.max_ids_per_call} (LIGHTMEM_MAX_IDS_PER_CALL)"
+            )
+        for index, value in enumerate(ids):
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                raise InvalidInput(
+                    f"ids[{index}]", f"{value!r} is not a memory id (ids look like 'a1b2…-…', as search returns)"
+                ) from None
+        unique = tuple(dict.fromkeys(ids))
+        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, ids=unique)
+        return {p.id: p for p in self.store.scroll(where, len(unique))}
+
+    def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
+        filters = filters or SearchFilters()
+        bounds = []
+        for name in ("since", "until"):
+            value = getattr(filters, name)
+            if value is None:
+                bounds.append(None)
+                continue
+            try:
+                bounds.append(to_epoch(parse_timestamp(value)))
+            except ValueError:
+                raise InvalidInput(f"filters.{name}", f"{value!r} is not a time; use {ACCEPTED}") from None
+        if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+            raise InvalidInput("filters.since", "is after filters.until: swap them")
+        return RecordFilter(
+            user_id=scope.user_id,
+            agent_id=scope.agent_id,
+            session_id=scope.session_id,
+            kinds=tuple(filters.kinds or ()),
+            roles=tuple(filters.roles or ()),
+            speakers=tuple(filters.speakers or ()),
+            statuses=("active",),
+            since_ts=bounds[0],
+            until_ts=bounds[1],
+        )
+
+    def _check_limit(self, limit: int) -> None:
+        if not 1 <= limit <= self._limits.max_results:
+            raise InvalidInput(
+                "limit", f"{limit} is out of range: use 1 to {self._limits.max_results} (LIGHTMEM_MAX_RESULTS)"
+            )
+
+
+def _check_scope(scope: Scope) -> None:
+    for name in ("user_id", "agent_id", "session_id"):
+        value = getattr(scope, name)
+        if value is None:
+            continue
+        if not value.strip():
+            raise InvalidInput(name, "empty: omit it or give a non-blank id")
+        if len(value) > _MAX_SCOPE_ID or any(ord(c) < 32 for c in value):
+            raise InvalidInput(name, f"must be at most {_MAX_SCOPE_ID} printable characters")
+
+
+def _record_id(scope: Scope, kind: str, key: str) -> str:
+    parts = (scope.user_id, scope.agent_id or "", scope.session_id or "", kind, key)
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))
+
+
+def _payload(
+    scope: Scope,
+    kind: Kind,
+    text: str,
+    role: str | None,
+    speaker: str | None,
+    source_ids: list[str],
+    event_time: datetime,
+    stored_at: datetime,
+) -> dict[str, Any]:
+    return {
+        "user_id": scope.user_id,
+        "agent_id": scope.agent_id,
+        "session_id": scope.session_id,
+        "kind": kind,
+        "status": "active",
+        "text": text,
+        "role": role,
+        "speaker": speaker,
+        "source_ids": source_ids,
+        "topic_id": None,
+        "event_time": event_time.isoformat(),
+        "event_ts": to_epoch(event_time),
+        "created_ts": to_epoch(stored_at),
+        "updated_ts": to_epoch(stored_at),
+    }
+
+
+def _event_ts(point: FoundPoint) -> float:
+    return float(cast(float, point.payload["event_ts"]))
+
+
+def _record(point: FoundPoint) -> MemoryRecord:
+    p = point.payload
+    return MemoryRecord.model_validate(
+        {
+            "id": point.id,
+            "kind": p["kind"],
+            "status": p["status"],
+            "text": p["text"],
+            "original_text": p.get("original_text"),
+            "role": p.get("role"),
+            "speaker": p.get("speaker"),
+            "source_ids": p.get("source_ids") or [],
+            "user_id": p["user_id"],
+            "agent_id": p.get("agent_id"),
+            "session_id": p.get("session_id"),
+            "topic_id": p.get("topic_id"),
+            "event_time": p["event_time"],
+            "created_at": from_epoch(float(cast(float, p["created_ts"]))),
+            "updated_at": from_epoch(float(cast(float, p["updated_ts"]))),
+        }
+    )
+
+
+def _hit(point: FoundPoint) -> SearchHit:
+    p = point.payload
+    return SearchHit.model_validate(
+        {
+            "id": point.id,
+            "kind": p["kind"],
+            "text": p["text"],
+            "score": point.score,
+            "event_time": p["event_time"],
+            "role": p.get("role"),
+            "speaker": p.get("speaker"),
+            "session_id": p.get("session_id"),
+            "source_ids": p.get("source_ids") or [],
+        }
+    )
+
+
+def _encode_cursor(before_ts: float, skip: list[str]) -> str:
+    raw = json.dumps({"t": before_ts, "s": skip}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, list[str]]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        before_ts = float(data["t"])
+        skip = [str(uuid.UUID(i)) for i in data["s"]]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidInput(
+            "cursor", "not a cursor returned by list_memories: pass next_cursor unchanged, or omit it"
+        ) from None
+    return before_ts, skip

@@ -1,0 +1,174 @@
+"""The memory data model: what callers send, what is stored, what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["user", "assistant", "system", "tool"]
+Kind = Literal["turn", "fact", "summary"]
+Status = Literal["active", "superseded", "deleted"]
+
+ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool")
+KINDS: tuple[Kind, ...] = ("turn", "fact", "summary")
+
+ScopeId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class Message(BaseModel):
+    """One conversation message to remember."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = Field(description="Who spoke: user, assistant, system or tool.")
+    content: str = Field(description="The message text, as said. Stored verbatim.")
+    id: ScopeId | None = Field(
+        default=None,
+        description="Your id for this message; search results cite it in source_ids. Generated if absent.",
+    )
+    timestamp: str | None = Field(
+        default=None,
+        description="When it was said: ISO 8601 or '2023/05/20 (Sat) 00:44'. Defaults to now (UTC).",
+    )
+    name: str | None = Field(default=None, max_length=256, description="Speaker name, when several people talk.")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose memory: a user, optionally narrowed to one agent and one session."""
+
+    user_id: str = "default"
+    agent_id: str | None = None
+    session_id: str | None = None
+
+
+class SearchFilters(BaseModel):
+    """Optional narrowing of a search; every field is ANDed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: list[Kind] | None = Field(default=None, description="Only these kinds: turn, fact, summary.")
+    roles: list[Role] | None = Field(default=None, description="Only memories from these roles.")
+    speakers: list[str] | None = Field(default=None, description="Only memories from these speaker names.")
+    since: str | None = Field(default=None, description="Only events at or after this time (ISO 8601).")
+    until: str | None = Field(default=None, description="Only events at or before this time (ISO 8601).")
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Store-neutral filter. `user_id` is required: no query can run without a user scope."""
+
+    user_id: str
+    agent_id: str | None = None
+    session_id: str | None = None
+    kinds: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    speakers: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    since_ts: float | None = None
+    until_ts: float | None = None
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """Lexical vector: token ids and weights."""
+
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass
+class StoredPoint:
+    """A record as handed to a vector store."""
+
+    id: str
+    dense: list[float]
+    sparse: SparseVector
+    payload: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FoundPoint:
+    """A record as a vector store returns it."""
+
+    id: str
+    payload: dict[str, object]
+    score: float = 0.0
+
+
+class MemoryRecord(BaseModel):
+    """A stored memory with its provenance."""
+
+    id: str = Field(description="Record id, for get_memory / delete_memory.")
+    kind: Kind = Field(description="turn (a stored message), fact (extracted) or summary.")
+    status: Status
+    text: str = Field(description="The memory text.")
+    original_text: str | None = Field(default=None, description="For turns: the message exactly as sent.")
+    role: Role | None = None
+    speaker: str | None = None
+    source_ids: list[str] = Field(description="Ids of the messages this memory comes from.")
+    user_id: str
+    agent_id: str | None = None
+    session_id: str | None = None
+    topic_id: str | None = None
+    event_time: datetime = Field(description="When it happened (UTC).")
+    created_at: datetime
+    updated_at: datetime
+
+
+class SearchHit(BaseModel):
+    """One search result."""
+
+    id: str
+    kind: Kind
+    text: str
+    score: float = Field(description="Fused relevance; higher is better, comparable within one result list.")
+    event_time: datetime
+    role: Role | None = None
+    speaker: str | None = None
+    session_id: str | None = None
+    source_ids: list[str]
+
+
+class AddResult(BaseModel):
+    """What add_memory stored."""
+
+    ids: list[str] = Field(description="Record ids, one per message, in order.")
+    source_ids: list[str] = Field(description="Message ids (yours, or generated), one per message, in order.")
+
+
+class SearchResult(BaseModel):
+    """Search results, best first."""
+
+    hits: list[SearchHit]
+
+
+class GetResult(BaseModel):
+    """Records found by id; ids not in your scope are reported missing."""
+
+    records: list[MemoryRecord]
+    missing: list[str]
+
+
+class ListResult(BaseModel):
+    """One page of records, newest event first."""
+
+    records: list[MemoryRecord]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
+
+
+class DeleteResult(BaseModel):
+    """What delete_memory removed."""
+
+    deleted: list[str]
+    missing: list[str]
+
+
+class ForgetResult(BaseModel):
+    """What forget removed."""
+
+    deleted_count: int

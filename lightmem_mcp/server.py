@@ -1,0 +1,217 @@
+"""The MCP interface: thin tools over the `Memory` service, which loads in the background."""
+
+# No `from __future__ import annotations`: tool signatures are read at registration, and
+# their Field descriptions use configured limits.
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from typing import Annotated, TypeVar
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from lightmem_mcp import __version__
+from lightmem_mcp.config import Settings
+from lightmem_mcp.errors import BackendUnavailable, LightMemError
+from lightmem_mcp.memory import Memory
+from lightmem_mcp.records import (
+    AddResult,
+    DeleteResult,
+    ForgetResult,
+    GetResult,
+    Kind,
+    ListResult,
+    Message,
+    Scope,
+    SearchFilters,
+    SearchResult,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INSTRUCTIONS = """\
+Long-term memory across conversations. Call add_memory with the messages of the conversation
+as it goes (both user and assistant turns, with their timestamps when known). Before answering
+a question that may depend on earlier conversations, call search_memory. Results carry
+source_ids: the ids of the messages they come from."""
+
+UserId = Annotated[str, Field(description="Whose memory. Memories never cross users.")]
+AgentId = Annotated[str | None, Field(description="Optional: narrow to one agent's memories.")]
+SessionId = Annotated[str | None, Field(description="Optional: narrow to one conversation session.")]
+
+
+class MemoryProvider:
+    """Builds the `Memory` once, off the event loop, so `initialize` never waits for models."""
+
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Memory] = Memory.open) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._future: Future[Memory] | None = None
+
+    def start(self) -> Future[Memory]:
+        """Begin loading unless it is loading or loaded; a failed load is retried."""
+        with self._lock:
+            if self._future is None or (self._future.done() and self._future.exception() is not None):
+                future: Future[Memory] = Future()
+                self._future = future
+                threading.Thread(target=self._load, args=(future,), name="lightmem-load", daemon=True).start()
+            return self._future
+
+    def _load(self, future: Future[Memory]) -> None:
+        try:
+            future.set_result(self._factory(self._settings))
+        except BaseException as exc:  # handed to every caller, logged once here
+            log.error("memory backend unavailable: %s", exc)
+            future.set_exception(exc)
+
+    async def get(self) -> Memory:
+        """The ready service; raises `BackendUnavailable` when loading failed."""
+        future = self.start()
+        try:
+            return await anyio.to_thread.run_sync(future.result)
+        except LightMemError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(f"memory backend failed to load: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the service if it was loaded."""
+        future = self._future
+        if future is None:
+            return
+        memory = await anyio.to_thread.run_sync(lambda: future.exception() is None and future.result())
+        if memory:
+            await anyio.to_thread.run_sync(memory.close)
+
+
+def build_server(settings: Settings, provider: MemoryProvider | None = None) -> MCPServer:
+    """The MCP server with every tool registered over one `MemoryProvider`."""
+    memory_provider = provider or MemoryProvider(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[MemoryProvider]:  # type: ignore[type-arg]
+        if settings.server.warmup:
+            memory_provider.start()
+        try:
+            yield memory_provider
+        finally:
+            await memory_provider.close()
+
+    server = MCPServer(
+        "lightmem-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=settings.server.log_level,
+    )
+    _register_tools(server, memory_provider, settings)
+    return server
+
+
+def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Settings) -> None:
+    limits = settings.limits
+
+    async def run(call: Callable[[Memory], T]) -> T:
+        """Run a service call in a worker thread; domain errors become tool errors."""
+        try:
+            memory = await provider.get()
+            return await anyio.to_thread.run_sync(call, memory)
+        except LightMemError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Remember messages", read_only_hint=False, destructive_hint=False, idempotent_hint=False
+        )
+    )
+    async def add_memory(
+        messages: Annotated[
+            list[Message],
+            Field(description=f"The messages to remember, oldest first (at most {limits.max_messages_per_call})."),
+        ],
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> AddResult:
+        """Store conversation messages in long-term memory. Each message is kept verbatim and is
+        searchable as soon as this returns. Re-sending a message with the same id replaces it."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: m.add(messages, scope))
+
+    @server.tool(annotations=ToolAnnotations(title="Search memory", read_only_hint=True, idempotent_hint=True))
+    async def search_memory(
+        query: Annotated[str, Field(description="What to look for, in natural language or keywords.")],
+        limit: Annotated[int, Field(description=f"How many results, 1 to {limits.max_results}.")] = 10,
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+        filters: Annotated[
+            SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")
+        ] = None,
+    ) -> SearchResult:
+        """Search long-term memory by meaning and keywords. Returns the best matches with their
+        text, time, speaker and the ids of the messages they come from."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: m.search(query, scope, limit, filters))
+
+    @server.tool(annotations=ToolAnnotations(title="Get memories", read_only_hint=True, idempotent_hint=True))
+    async def get_memory(
+        ids: Annotated[list[str], Field(description="Record ids, as search_memory or list_memories return them.")],
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> GetResult:
+        """Read whole memory records by id, including the original message text."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: m.get(ids, scope))
+
+    @server.tool(annotations=ToolAnnotations(title="List memories", read_only_hint=True, idempotent_hint=True))
+    async def list_memories(
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+        kinds: Annotated[list[Kind] | None, Field(description="Only these kinds: turn, fact, summary.")] = None,
+        limit: Annotated[int, Field(description=f"Page size, 1 to {limits.max_results}.")] = 20,
+        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    ) -> ListResult:
+        """List memory records page by page, newest event first."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: m.list(scope, kinds, limit, cursor))
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Delete memories", read_only_hint=False, destructive_hint=True, idempotent_hint=True
+        )
+    )
+    async def delete_memory(
+        ids: Annotated[list[str], Field(description="Record ids to delete.")],
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> DeleteResult:
+        """Permanently delete memory records by id. Ids not in this scope are reported missing."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: m.delete(ids, scope))
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Forget everything in a scope", read_only_hint=False, destructive_hint=True, idempotent_hint=True
+        )
+    )
+    async def forget(
+        confirm: Annotated[bool, Field(description="Must be true: this deletes every memory in the scope.")],
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> ForgetResult:
+        """Permanently delete every memory of a user, or of one agent or session of that user."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)))

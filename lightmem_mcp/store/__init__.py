@@ -1,0 +1,63 @@
+"""Vector stores behind one small protocol: the embedded Qdrant Edge shard, or a Qdrant server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from lightmem_mcp.config import SearchMode, StoreSettings
+from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.store.schema import StoreLayout
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a query ranks: which vectors, and how their rankings are fused."""
+
+    mode: SearchMode = "hybrid"
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    candidates: int = 100
+
+
+class VectorStore(Protocol):
+    """The operations the memory service needs; every read and delete is bounded by a `RecordFilter`."""
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None:
+        """Write points atomically (all or none) and durably."""
+
+    def query(
+        self, dense: list[float], sparse: SparseVector, where: RecordFilter, limit: int, ranking: Ranking
+    ) -> list[FoundPoint]:
+        """Best matches first."""
+
+    def scroll(
+        self, where: RecordFilter, limit: int, before_ts: float | None = None, skip_ids: Sequence[str] = ()
+    ) -> list[FoundPoint]:
+        """Matches ordered by event time, newest first, starting at `before_ts` (inclusive)."""
+
+    def count(self, where: RecordFilter) -> int:
+        """How many records match."""
+
+    def delete(self, where: RecordFilter) -> None:
+        """Delete every match."""
+
+    def close(self) -> None:
+        """Flush and release the store."""
+
+
+def open_store(settings: StoreSettings, layout: StoreLayout) -> VectorStore:
+    """The configured store: a Qdrant server when a URL is set, else the embedded shard."""
+    if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
+        from lightmem_mcp.store.qdrant_server import QdrantServerStore
+
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        client = QdrantClient(url=settings.qdrant_url, api_key=api_key, prefer_grpc=settings.qdrant_grpc)
+        return QdrantServerStore(client, settings.collection, layout)
+    from lightmem_mcp.store.edge import EdgeStore
+
+    return EdgeStore(settings.embedded_path, layout)

@@ -1,0 +1,172 @@
+"""A Qdrant server or cluster through `qdrant-client` (REST or gRPC): the hosted store."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.store import Ranking
+from lightmem_mcp.store.schema import (
+    DENSE,
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    SPARSE,
+    TENANT_FIELD,
+    StoreLayout,
+    check_layout,
+)
+
+log = logging.getLogger(__name__)
+
+
+class QdrantServerStore:
+    """One collection on a Qdrant server, shared by every replica; tenants are payload-partitioned."""
+
+    def __init__(self, client: QdrantClient, collection: str, layout: StoreLayout) -> None:
+        self._client = client
+        self._collection = collection
+        where = f"collection {collection!r}"
+        try:
+            exists = client.collection_exists(collection)
+            if not exists:
+                self._create(layout)
+            info = client.get_collection(collection)
+        except (UnexpectedResponse, OSError, RuntimeError) as exc:
+            raise BackendUnavailable(f"cannot reach the Qdrant server for {where}: {exc}") from exc
+        vectors = info.config.params.vectors
+        dense = vectors.get(DENSE) if isinstance(vectors, dict) else None
+        if dense is None:
+            raise BackendUnavailable(
+                f"{where} has no {DENSE!r} vector, so it was not created by lightmem-mcp: "
+                "set LIGHTMEM_COLLECTION to a new name"
+            )
+        found = dict(info.config.metadata or {})
+        found.setdefault("dimension", dense.size)
+        found.setdefault("embedder", layout.embedder)
+        check_layout(found, layout, where)
+
+    def _create(self, layout: StoreLayout) -> None:
+        try:
+            self._client.create_collection(
+                self._collection,
+                vectors_config={DENSE: qm.VectorParams(size=layout.dimension, distance=qm.Distance.COSINE)},
+                sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+                metadata=layout.to_dict(),
+            )
+        except (UnexpectedResponse, ValueError) as exc:
+            # Another replica created it between our check and our create.
+            if not self._client.collection_exists(self._collection):
+                raise
+            log.info("collection %s was created concurrently: %s", self._collection, exc)
+        with warnings.catch_warnings():
+            # Local mode (tests) warns that payload indexes are no-ops there.
+            warnings.simplefilter("ignore", UserWarning)
+            self._client.create_payload_index(
+                self._collection,
+                TENANT_FIELD,
+                qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True),
+            )
+            for name in KEYWORD_FIELDS:
+                self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.KEYWORD)
+            for name in FLOAT_FIELDS:
+                self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.FLOAT)
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None:
+        """One upsert request, acknowledged after the server's WAL write."""
+        if not points:
+            return
+        self._client.upsert(
+            self._collection,
+            points=[
+                qm.PointStruct(
+                    id=p.id,
+                    vector={DENSE: p.dense, SPARSE: qm.SparseVector(indices=p.sparse.indices, values=p.sparse.values)},
+                    payload=dict(p.payload),
+                )
+                for p in points
+            ],
+            wait=True,
+        )
+
+    def query(
+        self, dense: list[float], sparse: SparseVector, where: RecordFilter, limit: int, ranking: Ranking
+    ) -> list[FoundPoint]:
+        """Dense, lexical or fused ranking within the filter."""
+        flt = _filter(where)
+        sparse_vector = qm.SparseVector(indices=sparse.indices, values=sparse.values)
+        mode = ranking.mode
+        if not sparse.indices and mode != "dense":
+            mode = "dense" if mode == "hybrid" else "none"
+        if mode == "none":
+            return []
+        common: dict[str, Any] = {"limit": limit, "query_filter": flt, "with_payload": True}
+        if mode == "dense":
+            response = self._client.query_points(self._collection, query=dense, using=DENSE, **common)
+        elif mode == "sparse":
+            response = self._client.query_points(self._collection, query=sparse_vector, using=SPARSE, **common)
+        else:
+            depth = max(ranking.candidates, limit)
+            response = self._client.query_points(
+                self._collection,
+                prefetch=[
+                    qm.Prefetch(query=dense, using=DENSE, limit=depth, filter=flt),
+                    qm.Prefetch(query=sparse_vector, using=SPARSE, limit=depth, filter=flt),
+                ],
+                query=qm.RrfQuery(rrf=qm.Rrf(k=ranking.rrf_k, weights=[ranking.dense_weight, ranking.sparse_weight])),
+                **common,
+            )
+        return [FoundPoint(str(p.id), p.payload or {}, p.score) for p in response.points]
+
+    def scroll(
+        self, where: RecordFilter, limit: int, before_ts: float | None = None, skip_ids: Sequence[str] = ()
+    ) -> list[FoundPoint]:
+        """Newest event first."""
+        records, _ = self._client.scroll(
+            self._collection,
+            scroll_filter=_filter(where, skip_ids),
+            limit=limit,
+            with_payload=True,
+            order_by=qm.OrderBy(key="event_ts", direction=qm.Direction.DESC, start_from=before_ts),
+        )
+        return [FoundPoint(str(r.id), r.payload or {}) for r in records]
+
+    def count(self, where: RecordFilter) -> int:
+        """Exact count."""
+        return self._client.count(self._collection, count_filter=_filter(where), exact=True).count
+
+    def delete(self, where: RecordFilter) -> None:
+        """Delete every record the filter matches."""
+        self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=_filter(where)), wait=True)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._client.close()
+
+
+def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
+    must: list[Any] = [qm.FieldCondition(key=TENANT_FIELD, match=qm.MatchValue(value=where.user_id))]
+    for key, value in (("agent_id", where.agent_id), ("session_id", where.session_id)):
+        if value is not None:
+            must.append(qm.FieldCondition(key=key, match=qm.MatchValue(value=value)))
+    for key, values in (
+        ("kind", where.kinds),
+        ("role", where.roles),
+        ("speaker", where.speakers),
+        ("status", where.statuses),
+    ):
+        if values:
+            must.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=list(values))))
+    if where.since_ts is not None or where.until_ts is not None:
+        must.append(qm.FieldCondition(key="event_ts", range=qm.Range(gte=where.since_ts, lte=where.until_ts)))
+    if where.ids:
+        must.append(qm.HasIdCondition(has_id=list(where.ids)))
+    must_not: list[Any] = [qm.HasIdCondition(has_id=list(skip_ids))] if skip_ids else []
+    return qm.Filter(must=must, must_not=must_not or None)

@@ -1,0 +1,65 @@
+"""The collection layout both stores share, and the check that a store matches the configuration."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lightmem_mcp.errors import SchemaMismatch
+
+SCHEMA_VERSION = 1
+DENSE = "dense"
+SPARSE = "lexical"
+
+TENANT_FIELD = "user_id"
+KEYWORD_FIELDS = ("agent_id", "session_id", "kind", "status", "role", "speaker", "source_ids")
+FLOAT_FIELDS = ("event_ts", "created_ts")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What a store records about itself, so a mismatched configuration is caught at open."""
+
+    schema_version: int
+    dimension: int
+    embedder: str
+    lexical: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def check_layout(found: dict[str, Any], wanted: StoreLayout, where: str) -> None:
+    """Raise `SchemaMismatch` when the stored layout cannot serve the configured one."""
+    version = int(found.get("schema_version", 0))
+    if version > wanted.schema_version:
+        raise SchemaMismatch(
+            f"{where} was written by a newer lightmem-mcp (schema {version}, this one reads "
+            f"{wanted.schema_version}): upgrade lightmem-mcp"
+        )
+    dimension = int(found.get("dimension", wanted.dimension))
+    if dimension != wanted.dimension:
+        raise SchemaMismatch(
+            f"{where} holds {dimension}-d vectors from embedder {found.get('embedder')!r}, but the "
+            f"configured embedder {wanted.embedder!r} makes {wanted.dimension}-d vectors: configure "
+            "the same embedding model (LIGHTMEM_EMBEDDING_MODEL / LIGHTMEM_EMBEDDING_PATH), or point "
+            "LIGHTMEM_QDRANT_PATH / LIGHTMEM_COLLECTION at a new store"
+        )
+    if found.get("lexical", wanted.lexical) != wanted.lexical:
+        raise SchemaMismatch(
+            f"{where} was indexed with lexical encoder {found.get('lexical')!r}, this lightmem-mcp "
+            f"uses {wanted.lexical!r}: use a new store"
+        )
+    if found.get("embedder") != wanted.embedder:
+        # Same size, different name: often the same model loaded from a local copy.
+        log.warning(
+            "%s was embedded with %r, now configured %r; same dimension, so search runs, "
+            "but results are only meaningful if both are the same model",
+            where,
+            found.get("embedder"),
+            wanted.embedder,
+        )
