@@ -232,7 +232,7 @@ class Memory:
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
         filters = filters or SearchFilters()
-        bounds = []
+        bounds: list[float | None] = []
         for name in ("since", "until"):
             value = getattr(filters, name)
             if value is None:

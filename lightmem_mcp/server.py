@@ -97,7 +97,7 @@ def build_server(settings: Settings, provider: MemoryProvider | None = None) -> 
     memory_provider = provider or MemoryProvider(settings)
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer) -> AsyncIterator[MemoryProvider]:  # type: ignore[type-arg]
+    async def lifespan(_: MCPServer) -> AsyncIterator[MemoryProvider]:
         if settings.server.warmup:
             memory_provider.start()
         try:

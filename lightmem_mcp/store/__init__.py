@@ -22,6 +22,13 @@ class Ranking:
     candidates: int = 100
 
 
+def effective_mode(ranking: Ranking, sparse: SparseVector) -> SearchMode | None:
+    """The mode a query can run in: a query without lexical terms (only stop words) is dense-only."""
+    if sparse.indices or ranking.mode == "dense":
+        return ranking.mode
+    return "dense" if ranking.mode == "hybrid" else None
+
+
 class VectorStore(Protocol):
     """The operations the memory service needs; every read and delete is bounded by a `RecordFilter`."""
 

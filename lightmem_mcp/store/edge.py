@@ -13,7 +13,7 @@ import qdrant_edge as qe
 
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Ranking
+from lightmem_mcp.store import Ranking, effective_mode
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -47,6 +47,7 @@ class EdgeStore:
         else:
             _write_atomically(layout_file, json.dumps(layout.to_dict(), indent=2))
         self._shard = self._open(path / _SHARD_DIR, layout.dimension)
+        self._closed = False
 
     def _open(self, shard_dir: Path, dimension: int) -> qe.EdgeShard:
         config = qe.EdgeConfig(
@@ -95,10 +96,8 @@ class EdgeStore:
         flt = _filter(where)
         dense_query = qe.Query.Nearest(dense, using=DENSE)
         sparse_query = qe.Query.Nearest(qe.SparseVector(sparse.indices, sparse.values), using=SPARSE)
-        mode = ranking.mode
-        if not sparse.indices and mode != "dense":
-            mode = "dense" if mode == "hybrid" else "none"
-        if mode == "none":
+        mode = effective_mode(ranking, sparse)
+        if mode is None:
             return []
         if mode == "dense":
             request = qe.QueryRequest(limit=limit, query=dense_query, filter=flt, with_payload=True)
@@ -112,7 +111,8 @@ class EdgeStore:
                     qe.Prefetch(limit=depth, query=dense_query, filter=flt),
                     qe.Prefetch(limit=depth, query=sparse_query, filter=flt),
                 ],
-                query=qe.Fusion.Rrf(k=ranking.rrf_k, weights=[ranking.dense_weight, ranking.sparse_weight]),
+                # The stub types Fusion.Rrf as a nested class, not a Fusion; the engine accepts it.
+                query=qe.Fusion.Rrf(k=ranking.rrf_k, weights=[ranking.dense_weight, ranking.sparse_weight]),  # type: ignore[arg-type]
                 filter=flt,
                 with_payload=True,
             )
@@ -142,8 +142,11 @@ class EdgeStore:
             self._shard.optimize()
 
     def close(self) -> None:
-        """Flush segments and release the directory lock."""
+        """Flush segments and release the directory lock; closing twice is harmless."""
         with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
             self._shard.flush()
             self._shard.close()
 

@@ -13,7 +13,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Ranking
+from lightmem_mcp.store import Ranking, effective_mode
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -102,10 +102,8 @@ class QdrantServerStore:
         """Dense, lexical or fused ranking within the filter."""
         flt = _filter(where)
         sparse_vector = qm.SparseVector(indices=sparse.indices, values=sparse.values)
-        mode = ranking.mode
-        if not sparse.indices and mode != "dense":
-            mode = "dense" if mode == "hybrid" else "none"
-        if mode == "none":
+        mode = effective_mode(ranking, sparse)
+        if mode is None:
             return []
         common: dict[str, Any] = {"limit": limit, "query_filter": flt, "with_payload": True}
         if mode == "dense":

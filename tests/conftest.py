@@ -1,0 +1,44 @@
+"""Shared fixtures: the real MiniLM embedder (loaded once) and a Memory over a fresh embedded store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lightmem_mcp.config import EmbeddingSettings, Settings, StoreSettings
+from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.lexical import LexicalEncoder
+from lightmem_mcp.memory import Memory
+from lightmem_mcp.store.edge import EdgeStore
+from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(EmbeddingSettings(device="cpu"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(store=StoreSettings(data_dir=tmp_path / "data"))
+
+
+def open_memory(settings: Settings, embedder: SentenceTransformerEmbedder) -> Memory:
+    """A Memory on the embedded store of `settings`, sharing the session's embedder."""
+    lexical = LexicalEncoder()
+    layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
+    return Memory(settings, embedder, EdgeStore(settings.store.embedded_path, layout), lexical)
+
+
+@pytest.fixture
+def memory(settings: Settings, embedder: SentenceTransformerEmbedder) -> Iterator[Memory]:
+    service = open_memory(settings, embedder)
+    yield service
+    service.close()
