@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from lightmem_mcp.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda", "npu", "mps"]
 SearchMode = Literal["hybrid", "dense", "sparse"]
+LLMProvider = Literal["none", "deepseek", "huawei-maas", "pangu", "openai", "openai-compatible"]
 
 
 def default_data_dir() -> Path:
@@ -124,6 +126,136 @@ class ServerSettings(BaseSettings):
     )
 
 
+class CompressionSettings(BaseSettings):
+    """LLMLingua-2 pre-compression of each stored message (LightMem's sensory memory)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_COMPRESSION_", extra="forbid")
+
+    enabled: bool = Field(default=True, description="Compress messages before extraction and indexing.")
+    model: str = Field(
+        default="microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank",
+        min_length=1,
+        description="LLMLingua-2 model id on the Hugging Face hub.",
+    )
+    path: Path | None = Field(
+        default=None, description="Local folder of the LLMLingua-2 model (e.g. synced from object storage)."
+    )
+    rate: float = Field(default=0.8, gt=0, le=1, description="Share of tokens kept.")
+    force_tokens: list[str] = Field(
+        default_factory=lambda: ["\n", "?"],
+        description="Tokens always kept (JSON list in the env var).",
+    )
+    min_tokens: int = Field(default=16, ge=0, description="Messages shorter than this are stored as they are.")
+    device: Device = Field(default="auto", description="auto = cuda, then npu, then mps, then cpu.")
+    allow_download: bool = Field(
+        default=True, description="Fetch the model from the Hugging Face hub when no local copy is found."
+    )
+    tokenizer: str = Field(
+        default="cl100k_base", description="tiktoken encoding used to count tokens for the target LLM."
+    )
+
+
+@dataclass(frozen=True)
+class LLMPreset:
+    """Defaults of one LLM provider; every value can be overridden."""
+
+    base_url: str | None
+    model: str | None
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+    needs_key: bool = True
+    hint: str = ""
+
+
+LLM_PRESETS: dict[str, LLMPreset] = {
+    "deepseek": LLMPreset("https://api.deepseek.com", "deepseek-chat"),
+    "huawei-maas": LLMPreset(
+        "https://api.modelarts-maas.com/v1",
+        None,
+        hint="the model name as shown in the ModelArts MaaS console, e.g. DeepSeek-V3",
+    ),
+    "pangu": LLMPreset(
+        None,
+        None,
+        auth_header="X-Auth-Token",
+        auth_scheme="",
+        hint="the Pangu endpoint URL of your region and the model; the key is an IAM token, or set "
+        "LIGHTMEM_LLM_AUTH_HEADER=X-Apig-AppCode for an AppCode",
+    ),
+    "openai": LLMPreset("https://api.openai.com/v1", "gpt-4o-mini"),
+    "openai-compatible": LLMPreset(
+        None, None, needs_key=False, hint="e.g. http://localhost:11434/v1 for Ollama, and the model name"
+    ),
+}
+
+
+class LLMSettings(BaseSettings):
+    """The LLM that extracts facts: any OpenAI-compatible chat API."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_LLM_", extra="forbid")
+
+    provider: LLMProvider = Field(default="none", description="none turns extraction off.")
+    base_url: str | None = Field(default=None, description="API base URL; presets fill it in.")
+    api_key: SecretStr | None = Field(default=None, description="API key (or IAM token / AppCode for pangu).")
+    model: str | None = Field(default=None, description="Model id; presets fill in a default where one exists.")
+    auth_header: str | None = Field(
+        default=None, description="Header carrying the key; presets: Authorization (pangu: X-Auth-Token)."
+    )
+    auth_scheme: str | None = Field(
+        default=None, description="Prefix before the key in that header; presets: Bearer (pangu: none)."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(default=4, ge=0, le=20, description="Retries on 429 / 5xx / timeouts / bad JSON.")
+    retry_base_delay_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles each retry.")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature for extraction.")
+    max_output_tokens: int = Field(default=4096, ge=64, description="Most tokens one answer may use.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> LLMSettings:
+        if self.provider == "none":
+            return self
+        preset = LLM_PRESETS[self.provider]
+        self.base_url = self.base_url or preset.base_url
+        self.model = self.model or preset.model
+        self.auth_header = self.auth_header or preset.auth_header
+        self.auth_scheme = preset.auth_scheme if self.auth_scheme is None else self.auth_scheme
+        missing = [
+            env
+            for env, value in (
+                ("LIGHTMEM_LLM_BASE_URL", self.base_url),
+                ("LIGHTMEM_LLM_MODEL", self.model),
+                ("LIGHTMEM_LLM_API_KEY", self.api_key or not preset.needs_key or None),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(
+                f"LIGHTMEM_LLM_PROVIDER={self.provider} also needs {', '.join(missing)}"
+                + (f" ({preset.hint})" if preset.hint else "")
+            )
+        return self
+
+
+class PipelineSettings(BaseSettings):
+    """Short-term buffer, topic segmentation and batched extraction."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_PIPELINE_", extra="forbid")
+
+    buffer_tokens: int = Field(default=512, ge=16, description="Pending tokens that trigger segmentation + extraction.")
+    messages_use: Literal["user_only", "assistant_only", "hybrid"] = Field(
+        default="user_only", description="Which messages facts are extracted from."
+    )
+    attention_layers: list[int] = Field(
+        default_factory=lambda: [-4, -3, -2, -1], description="Encoder layers averaged for coarse topic boundaries."
+    )
+    similarity_start: float = Field(default=0.2, ge=-1, le=1, description="First fine-boundary similarity threshold.")
+    similarity_stop: float = Field(default=0.5, ge=-1, le=1, description="Last fine-boundary similarity threshold.")
+    similarity_step: float = Field(default=0.05, gt=0, le=1, description="Threshold increment.")
+    boundary_window: int = Field(
+        default=3, ge=0, description="Fine boundaries are kept within this many turns of a coarse one."
+    )
+
+
 class Settings(BaseModel):
     """All settings, one field per concern."""
 
@@ -132,6 +264,9 @@ class Settings(BaseModel):
     search: SearchSettings = Field(default_factory=SearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    compression: CompressionSettings = Field(default_factory=CompressionSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
@@ -140,6 +275,9 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "search": SearchSettings,
     "limits": LimitSettings,
     "server": ServerSettings,
+    "compression": CompressionSettings,
+    "llm": LLMSettings,
+    "pipeline": PipelineSettings,
 }
 
 
