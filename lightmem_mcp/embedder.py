@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from lightmem_mcp.config import EmbeddingSettings
@@ -23,6 +24,7 @@ class Embedder(Protocol):
     id: str
     dimension: int
     device: str
+    location: str | None  # model files on disk, for the segmenter's attention encoder
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order."""
@@ -107,6 +109,8 @@ class SentenceTransformerEmbedder:
         self.dimension = int(dimension)
         self._batch_size = settings.batch_size
         self.origin = source.origin
+        # After a hub download the files sit in the Hugging Face cache.
+        self.location = source.location if Path(source.location).is_dir() else _hf_cache_path(self.id)
         log.info("embedding model %s (%d-d) from %s on %s", self.id, self.dimension, source.origin, self.device)
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:

@@ -8,13 +8,19 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
+from lightmem_mcp.buffer import FlushResult, ShortTermBuffer
+from lightmem_mcp.compressor import Compression, Compressor
 from lightmem_mcp.config import SearchMode, Settings
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput
+from lightmem_mcp.extractor import FactExtractor
+from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
+from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.records import (
+    KINDS,
     AddResult,
     DeleteResult,
     FoundPoint,
@@ -29,25 +35,47 @@ from lightmem_mcp.records import (
     SearchHit,
     SearchResult,
     StoredPoint,
+    record_id,
+    record_payload,
 )
+from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.store import Ranking, VectorStore, open_store
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
 
-# Record ids are derived from scope and message id, so re-sending a message replaces it.
-_ID_NAMESPACE = uuid.UUID("6f1c2a44-5f0e-4d4e-9a57-3c1f7d0e8b21")
 _MAX_SCOPE_ID = 256
 
 
 class Memory:
     """Store, search, read and delete memories, always within one scope."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, store: VectorStore, lexical: LexicalEncoder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        store: VectorStore,
+        lexical: LexicalEncoder,
+        compressor: Compressor | None = None,
+        llm: LLMClient | None = None,
+    ) -> None:
         self._settings = settings
         self._limits = settings.limits
         self.embedder = embedder
         self.store = store
         self.lexical = lexical
+        self.compressor = compressor or Compressor(settings.compression)
+        self.llm = llm or LLMClient(settings.llm)
+        self.ledger = UsageLedger(store)
+        self._encoders = SegmentationEncoders(self.compressor, embedder)
+        self.buffer = ShortTermBuffer(
+            settings.pipeline,
+            store,
+            embedder,
+            lexical,
+            TopicSegmenter(settings.pipeline, self._encoders.get),
+            FactExtractor(self.llm) if self.llm.configured else None,
+            self.ledger,
+        )
         search = settings.search
         self._ranking = Ranking(
             mode=search.mode,
@@ -63,10 +91,14 @@ class Memory:
         embedder = SentenceTransformerEmbedder(settings.embedding)
         lexical = LexicalEncoder()
         layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
-        return cls(settings, embedder, open_store(settings.store, layout), lexical)
+        store = open_store(settings.store, layout)
+        compressor = Compressor(settings.compression)
+        compressor.load()  # an unavailable model is reported once and compression is skipped
+        return cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
 
     def close(self) -> None:
-        """Flush and release the store."""
+        """Let running extraction finish, then flush and release the store."""
+        self.buffer.close()
         self.store.close()
 
     # -- writing -------------------------------------------------------------------------
@@ -109,16 +141,58 @@ class Memory:
                     ) from None
             prepared.append((message_id, message, event_time))
 
-        texts = [message.content for _, message, _ in prepared]
-        dense = self.embedder.embed_documents(texts)
+        compressed = self.compressor.compress_many([message.content for _, message, _ in prepared])
+        dense = self.embedder.embed_documents([c.text for c in compressed])
         points = []
-        for (message_id, message, event_time), vector, text in zip(prepared, dense, texts, strict=True):
-            record_id = _record_id(scope, "turn", message_id)
-            payload = _payload(scope, "turn", text, message.role, message.name, [message_id], event_time, stored_at)
-            payload["original_text"] = message.content
-            points.append(StoredPoint(record_id, vector, self.lexical.encode_document(text), payload))
+        for position, ((message_id, message, event_time), vector, c) in enumerate(
+            zip(prepared, dense, compressed, strict=True)
+        ):
+            payload = record_payload(
+                scope,
+                "turn",
+                c.text,
+                role=message.role,
+                speaker=message.name,
+                source_ids=[message_id],
+                event_time=event_time,
+                stored_at=stored_at,
+            )
+            payload.update(
+                original_text=message.content,
+                tokens_original=c.original_tokens,
+                tokens_compressed=c.compressed_tokens,
+                compression=c.skipped_reason or "applied",
+                stage="pending" if self.buffer.active and self.buffer.uses(message.role) else "skipped",
+                position=position,
+            )
+            turn_id = record_id(scope, "turn", message_id)
+            points.append(StoredPoint(turn_id, vector, self.lexical.encode_document(c.text), payload))
         self.store.upsert(points)
+        self.buffer.notify(scope)
         return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
+
+    def flush(self, scope: Scope) -> FlushResult:
+        """Segment and extract every pending turn of exactly this scope now."""
+        _check_scope(scope)
+        return self.buffer.flush(scope, force=True)
+
+    def compress(
+        self, text: str, rate: float | None = None, target_tokens: int | None = None, force_tokens: Sequence[str] = ()
+    ) -> Compression:
+        """Compress text for the caller's own prompt; raises when no compression model is available."""
+        if not text.strip():
+            raise InvalidInput("text", "empty: give the text to compress")
+        if len(text) > self._limits.max_message_chars:
+            raise InvalidInput("text", f"longer than {self._limits.max_message_chars} characters: split it")
+        if rate is not None and not 0 < rate <= 1:
+            raise InvalidInput("rate", f"{rate} is out of range: use a share of tokens to keep, above 0 and at most 1")
+        if target_tokens is not None and target_tokens < 1:
+            raise InvalidInput("target_tokens", "must be at least 1")
+        if rate is not None and target_tokens is not None:
+            raise InvalidInput("target_tokens", "give either rate or target_tokens, not both")
+        return self.compressor.compress(
+            text, rate=rate, target_tokens=target_tokens, force_tokens=list(force_tokens) or None, required=True
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -163,7 +237,7 @@ class Memory:
             user_id=scope.user_id,
             agent_id=scope.agent_id,
             session_id=scope.session_id,
-            kinds=tuple(kinds or ()),
+            kinds=tuple(kinds or KINDS),
         )
         page = self.store.scroll(where, limit + 1, before_ts, skip)
         more = len(page) > limit
@@ -181,7 +255,7 @@ class Memory:
     def count(self, scope: Scope) -> int:
         """How many records the scope holds."""
         _check_scope(scope)
-        return self.store.count(RecordFilter(scope.user_id, scope.agent_id, scope.session_id))
+        return self.store.count(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS))
 
     # -- deleting ------------------------------------------------------------------------
 
@@ -205,8 +279,8 @@ class Memory:
                 + " and cannot be undone: call again with confirm=true",
             )
         where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id)
-        count = self.store.count(where)
-        self.store.delete(where)
+        count = self.count(scope)
+        self.store.delete(where)  # the scope's LLM usage ledger goes with it
         return count
 
     # -- helpers -------------------------------------------------------------------------
@@ -227,7 +301,7 @@ class Memory:
                     f"ids[{index}]", f"{value!r} is not a memory id (ids look like 'a1b2…-…', as search returns)"
                 ) from None
         unique = tuple(dict.fromkeys(ids))
-        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, ids=unique)
+        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, ids=unique)
         return {p.id: p for p in self.store.scroll(where, len(unique))}
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
@@ -272,39 +346,6 @@ def _check_scope(scope: Scope) -> None:
             raise InvalidInput(name, "empty: omit it or give a non-blank id")
         if len(value) > _MAX_SCOPE_ID or any(ord(c) < 32 for c in value):
             raise InvalidInput(name, f"must be at most {_MAX_SCOPE_ID} printable characters")
-
-
-def _record_id(scope: Scope, kind: str, key: str) -> str:
-    parts = (scope.user_id, scope.agent_id or "", scope.session_id or "", kind, key)
-    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))
-
-
-def _payload(
-    scope: Scope,
-    kind: Kind,
-    text: str,
-    role: str | None,
-    speaker: str | None,
-    source_ids: list[str],
-    event_time: datetime,
-    stored_at: datetime,
-) -> dict[str, Any]:
-    return {
-        "user_id": scope.user_id,
-        "agent_id": scope.agent_id,
-        "session_id": scope.session_id,
-        "kind": kind,
-        "status": "active",
-        "text": text,
-        "role": role,
-        "speaker": speaker,
-        "source_ids": source_ids,
-        "topic_id": None,
-        "event_time": event_time.isoformat(),
-        "event_ts": to_epoch(event_time),
-        "created_ts": to_epoch(stored_at),
-        "updated_ts": to_epoch(stored_at),
-    }
 
 
 def _event_ts(point: FoundPoint) -> float:

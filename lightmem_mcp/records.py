@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,6 +72,10 @@ class RecordFilter:
     since_ts: float | None = None
     until_ts: float | None = None
     ids: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    batch_turn_ids: tuple[str, ...] = ()
+    # True: agent_id / session_id of None mean "unset" rather than "any" (the buffer of one scope).
+    exact_scope: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,11 @@ class SparseVector:
 
 @dataclass
 class StoredPoint:
-    """A record as handed to a vector store."""
+    """A record as handed to a vector store; ledger entries (LLM calls) carry no vectors."""
 
     id: str
-    dense: list[float]
-    sparse: SparseVector
+    dense: list[float] | None
+    sparse: SparseVector | None
     payload: dict[str, object] = field(default_factory=dict)
 
 
@@ -98,6 +103,7 @@ class FoundPoint:
     id: str
     payload: dict[str, object]
     score: float = 0.0
+    dense: list[float] | None = None
 
 
 class MemoryRecord(BaseModel):
@@ -172,3 +178,43 @@ class ForgetResult(BaseModel):
     """What forget removed."""
 
     deleted_count: int
+
+
+# Record ids are derived from scope and content keys, so re-sending or re-extracting never duplicates.
+_ID_NAMESPACE = uuid.UUID("6f1c2a44-5f0e-4d4e-9a57-3c1f7d0e8b21")
+
+
+def record_id(scope: Scope, kind: str, key: str) -> str:
+    """The deterministic id of a record of `kind` identified by `key` within `scope`."""
+    parts = (scope.user_id, scope.agent_id or "", scope.session_id or "", kind, key)
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))
+
+
+def record_payload(
+    scope: Scope,
+    kind: str,
+    text: str,
+    *,
+    role: str | None,
+    speaker: str | None,
+    source_ids: list[str],
+    event_time: datetime,
+    stored_at: datetime,
+) -> dict[str, Any]:
+    """The stored fields every record kind shares."""
+    return {
+        "user_id": scope.user_id,
+        "agent_id": scope.agent_id,
+        "session_id": scope.session_id,
+        "kind": kind,
+        "status": "active",
+        "text": text,
+        "role": role,
+        "speaker": speaker,
+        "source_ids": source_ids,
+        "topic_id": None,
+        "event_time": event_time.isoformat(),
+        "event_ts": event_time.timestamp(),
+        "created_ts": stored_at.timestamp(),
+        "updated_ts": stored_at.timestamp(),
+    }

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never reach a model hub: models come from the bundled package or are built locally.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +18,7 @@ from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.store.edge import EdgeStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
+from tests.openai_server import llm_server_fixture  # noqa: F401  (the `llm_server` fixture)
 
 
 @pytest.fixture(scope="session")

@@ -41,9 +41,17 @@ class VectorStore(Protocol):
         """Best matches first."""
 
     def scroll(
-        self, where: RecordFilter, limit: int, before_ts: float | None = None, skip_ids: Sequence[str] = ()
+        self,
+        where: RecordFilter,
+        limit: int,
+        before_ts: float | None = None,
+        skip_ids: Sequence[str] = (),
+        with_vectors: bool = False,
     ) -> list[FoundPoint]:
         """Matches ordered by event time, newest first, starting at `before_ts` (inclusive)."""
+
+    def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
+        """Set payload fields on every match, keeping the others."""
 
     def count(self, where: RecordFilter) -> int:
         """How many records match."""

@@ -78,14 +78,7 @@ class EdgeStore:
         """Write all points in one operation (one WAL entry)."""
         if not points:
             return
-        edge_points = [
-            qe.Point(
-                p.id,
-                {DENSE: p.dense, SPARSE: qe.SparseVector(p.sparse.indices, p.sparse.values)},
-                dict(p.payload),
-            )
-            for p in points
-        ]
+        edge_points = [qe.Point(p.id, _vectors(p), dict(p.payload)) for p in points]
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(edge_points))
 
@@ -119,13 +112,26 @@ class EdgeStore:
         return [FoundPoint(str(p.id), p.payload or {}, p.score) for p in self._shard.query(request)]
 
     def scroll(
-        self, where: RecordFilter, limit: int, before_ts: float | None = None, skip_ids: Sequence[str] = ()
+        self,
+        where: RecordFilter,
+        limit: int,
+        before_ts: float | None = None,
+        skip_ids: Sequence[str] = (),
+        with_vectors: bool = False,
     ) -> list[FoundPoint]:
         """Newest event first."""
         flt = _filter(where, skip_ids)
         order = qe.OrderBy("event_ts", direction=qe.Direction.Desc, start_from=before_ts)
-        records, _ = self._shard.scroll(qe.ScrollRequest(limit=limit, filter=flt, with_payload=True, order_by=order))
-        return [FoundPoint(str(r.id), r.payload or {}) for r in records]
+        request = qe.ScrollRequest(
+            limit=limit, filter=flt, with_payload=True, with_vector=[DENSE] if with_vectors else False, order_by=order
+        )
+        records, _ = self._shard.scroll(request)
+        return [FoundPoint(str(r.id), r.payload or {}, dense=_dense(r.vector)) for r in records]
+
+    def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
+        """Set fields on every match, in one operation."""
+        with self._write_lock:
+            self._shard.update(qe.UpdateOperation.set_payload_by_filter(_filter(where), dict(values)))
 
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
@@ -151,16 +157,35 @@ class EdgeStore:
             self._shard.close()
 
 
+def _vectors(point: StoredPoint) -> dict[str, Any]:
+    vectors: dict[str, Any] = {}
+    if point.dense is not None:
+        vectors[DENSE] = point.dense
+    if point.sparse is not None:
+        vectors[SPARSE] = qe.SparseVector(point.sparse.indices, point.sparse.values)
+    return vectors
+
+
+def _dense(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict) and DENSE in vector:
+        return [float(x) for x in vector[DENSE]]
+    return None
+
+
 def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
     must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(where.user_id))]
     for key, value in (("agent_id", where.agent_id), ("session_id", where.session_id)):
         if value is not None:
             must.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
+        elif where.exact_scope:
+            must.append(qe.IsEmptyCondition(key))
     for key, values in (
         ("kind", where.kinds),
         ("role", where.roles),
         ("speaker", where.speakers),
         ("status", where.statuses),
+        ("stage", where.stages),
+        ("batch_turn_ids", where.batch_turn_ids),
     ):
         if values:
             must.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))

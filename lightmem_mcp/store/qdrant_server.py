@@ -7,9 +7,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
@@ -39,7 +40,8 @@ class QdrantServerStore:
             if not exists:
                 self._create(layout)
             info = client.get_collection(collection)
-        except (UnexpectedResponse, OSError, RuntimeError) as exc:
+        except (ApiException, grpc.RpcError, OSError, RuntimeError) as exc:
+            # ApiException: REST errors and refused connections; RpcError: the same over gRPC.
             raise BackendUnavailable(f"cannot reach the Qdrant server for {where}: {exc}") from exc
         vectors = info.config.params.vectors
         dense = vectors.get(DENSE) if isinstance(vectors, dict) else None
@@ -85,14 +87,7 @@ class QdrantServerStore:
             return
         self._client.upsert(
             self._collection,
-            points=[
-                qm.PointStruct(
-                    id=p.id,
-                    vector={DENSE: p.dense, SPARSE: qm.SparseVector(indices=p.sparse.indices, values=p.sparse.values)},
-                    payload=dict(p.payload),
-                )
-                for p in points
-            ],
+            points=[qm.PointStruct(id=p.id, vector=_vectors(p), payload=dict(p.payload)) for p in points],
             wait=True,
         )
 
@@ -124,7 +119,12 @@ class QdrantServerStore:
         return [FoundPoint(str(p.id), p.payload or {}, p.score) for p in response.points]
 
     def scroll(
-        self, where: RecordFilter, limit: int, before_ts: float | None = None, skip_ids: Sequence[str] = ()
+        self,
+        where: RecordFilter,
+        limit: int,
+        before_ts: float | None = None,
+        skip_ids: Sequence[str] = (),
+        with_vectors: bool = False,
     ) -> list[FoundPoint]:
         """Newest event first."""
         records, _ = self._client.scroll(
@@ -132,9 +132,16 @@ class QdrantServerStore:
             scroll_filter=_filter(where, skip_ids),
             limit=limit,
             with_payload=True,
+            with_vectors=[DENSE] if with_vectors else False,
             order_by=qm.OrderBy(key="event_ts", direction=qm.Direction.DESC, start_from=before_ts),
         )
-        return [FoundPoint(str(r.id), r.payload or {}) for r in records]
+        return [FoundPoint(str(r.id), r.payload or {}, dense=_dense(r.vector)) for r in records]
+
+    def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
+        """Set fields on every match."""
+        self._client.set_payload(
+            self._collection, payload=dict(values), points=qm.FilterSelector(filter=_filter(where)), wait=True
+        )
 
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
@@ -149,16 +156,35 @@ class QdrantServerStore:
         self._client.close()
 
 
+def _vectors(point: StoredPoint) -> dict[str, Any]:
+    vectors: dict[str, Any] = {}
+    if point.dense is not None:
+        vectors[DENSE] = point.dense
+    if point.sparse is not None:
+        vectors[SPARSE] = qm.SparseVector(indices=point.sparse.indices, values=point.sparse.values)
+    return vectors
+
+
+def _dense(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict) and DENSE in vector:
+        return [float(x) for x in vector[DENSE]]
+    return None
+
+
 def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
     must: list[Any] = [qm.FieldCondition(key=TENANT_FIELD, match=qm.MatchValue(value=where.user_id))]
     for key, value in (("agent_id", where.agent_id), ("session_id", where.session_id)):
         if value is not None:
             must.append(qm.FieldCondition(key=key, match=qm.MatchValue(value=value)))
+        elif where.exact_scope:
+            must.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)))
     for key, values in (
         ("kind", where.kinds),
         ("role", where.roles),
         ("speaker", where.speakers),
         ("status", where.statuses),
+        ("stage", where.stages),
+        ("batch_turn_ids", where.batch_turn_ids),
     ):
         if values:
             must.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=list(values))))

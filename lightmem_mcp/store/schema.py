@@ -13,7 +13,17 @@ DENSE = "dense"
 SPARSE = "lexical"
 
 TENANT_FIELD = "user_id"
-KEYWORD_FIELDS = ("agent_id", "session_id", "kind", "status", "role", "speaker", "source_ids")
+KEYWORD_FIELDS = (
+    "agent_id",
+    "session_id",
+    "kind",
+    "status",
+    "role",
+    "speaker",
+    "source_ids",
+    "stage",
+    "batch_turn_ids",
+)
 FLOAT_FIELDS = ("event_ts", "created_ts")
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,437 @@
+"""LLMLingua-2 pre-compression of messages (LightMem's sensory memory), loaded once and never fatal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal
+
+from lightmem_mcp.config import CompressionSettings
+from lightmem_mcp.device import resolve_device
+from lightmem_mcp.errors import BackendUnavailable, InvalidInput
+from lightmem_mcp.tokens import TokenCounter, ensure_tiktoken_offline
+
+if TYPE_CHECKING:
+    from llmlingua import PromptCompressor
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+Status = Literal["not_loaded", "ready", "unavailable", "disabled"]
+Origin = Literal["path", "cache", "hub"]
+# short: under min_tokens; no_gain: compression would not make it shorter (rate 1, a target
+# above the length, or an output no shorter than the input); disabled / unavailable: no model.
+SkipReason = Literal["short", "no_gain", "disabled", "unavailable"]
+
+# llmlingua chooses its word-merging code by looking for these in the model's name or path;
+# any other name raises NotImplementedError deep inside compression.
+FAMILIES: Final = ("bert-base-multilingual-cased", "xlm-roberta-large")
+_ARCHITECTURES: Final = {
+    "bert-base-multilingual-cased": "BertForTokenClassification",
+    "xlm-roberta-large": "XLMRobertaForTokenClassification",
+}
+# Model tokens kept free in each piece, for force tokens that become an added placeholder token.
+_PIECE_MARGIN: Final = 10
+_SENTENCE_GAP: Final = re.compile(r"(\s*\n\s*|(?<=[.!?])\s+)")
+_WORD_GAP: Final = re.compile(r"(\s+)")
+# llmlingua maps each multi-token force token onto one of this many added tokens.
+MAX_FORCE_TOKENS: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """One text after compression; `text` is the input itself whenever `applied` is False."""
+
+    text: str
+    original_tokens: int
+    compressed_tokens: int
+    ratio: float
+    model: str | None
+    device: str | None
+    seconds: float
+    applied: bool
+    skipped_reason: SkipReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where the model files come from: what llmlingua is given, and which kind of place that is."""
+
+    location: str
+    origin: Origin
+
+
+def model_family(name: str) -> str | None:
+    """The llmlingua model family named in `name`, in llmlingua's own order of checking."""
+    return next((family for family in FAMILIES if family in name), None)
+
+
+def _hub_offline() -> bool:
+    # The same variables, and the same truthy spellings, as huggingface_hub.
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hf_cache_path(model_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # not cached, or a broken cache entry: fall through to the next source
+        return None
+
+
+def _how_to_provide(model: str) -> str:
+    family = model_family(model) or FAMILIES[0]
+    return (
+        f"set LIGHTMEM_COMPRESSION_PATH to a local copy of {model} (its folder name must contain "
+        f"{family!r}, e.g. .../llmlingua-2-{family}-meetingbank), or allow the download "
+        "(LIGHTMEM_COMPRESSION_ALLOW_DOWNLOAD=true with HF_HUB_OFFLINE unset), or turn compression off "
+        "(LIGHTMEM_COMPRESSION_ENABLED=false); until then messages are stored uncompressed"
+    )
+
+
+def _check_folder(folder: Path) -> None:
+    """Raise an actionable error unless llmlingua can load `folder` as an LLMLingua-2 model."""
+    family = model_family(str(folder))
+    if family is None:
+        raise BackendUnavailable(
+            f"LIGHTMEM_COMPRESSION_PATH={folder}: llmlingua recognises an LLMLingua-2 model only by its "
+            f"folder name; rename the folder to include {FAMILIES[0]!r} (or {FAMILIES[1]!r} for the "
+            f"XLM-RoBERTa model), e.g. {folder.parent / f'llmlingua-2-{FAMILIES[0]}-meetingbank'}"
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackendUnavailable(
+            f"LIGHTMEM_COMPRESSION_PATH={folder} has no readable config.json ({exc}): point it at a "
+            "complete copy of the LLMLingua-2 model folder"
+        ) from exc
+    expected = _ARCHITECTURES[family]
+    architectures = config.get("architectures") or []
+    if expected not in architectures:
+        raise BackendUnavailable(
+            f"LIGHTMEM_COMPRESSION_PATH={folder}: its folder name says {family!r}, so llmlingua expects a "
+            f"{expected}, but config.json has architectures={architectures}; point it at the matching "
+            "LLMLingua-2 model or rename the folder"
+        )
+
+
+def resolve_model(settings: CompressionSettings) -> ModelSource:
+    """Explicit local path, then the Hugging Face cache, then a hub download; raises `BackendUnavailable`."""
+    if settings.path is not None:
+        # absolute(), not resolve(): a symlink's own name may be what carries the family.
+        folder = settings.path.expanduser().absolute()
+        if not folder.is_dir():
+            raise BackendUnavailable(
+                f"LIGHTMEM_COMPRESSION_PATH={settings.path} is not a directory: {_how_to_provide(settings.model)}"
+            )
+        _check_folder(folder)
+        return ModelSource(str(folder), "path")
+    if model_family(settings.model) is None:
+        raise BackendUnavailable(
+            f"LIGHTMEM_COMPRESSION_MODEL={settings.model!r} is not an LLMLingua-2 model llmlingua can use: "
+            f"its name must contain {FAMILIES[0]!r} or {FAMILIES[1]!r}, e.g. "
+            "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
+        )
+    cached = _hf_cache_path(settings.model)
+    if cached is not None:
+        return ModelSource(cached, "cache")
+    if settings.allow_download and not _hub_offline():
+        return ModelSource(settings.model, "hub")
+    blocked = "HF_HUB_OFFLINE is set" if settings.allow_download else "LIGHTMEM_COMPRESSION_ALLOW_DOWNLOAD=false"
+    raise BackendUnavailable(
+        f"LLMLingua-2 model {settings.model!r} is not in the Hugging Face cache and may not be downloaded "
+        f"({blocked}): {_how_to_provide(settings.model)}"
+    )
+
+
+class Compressor:
+    """Drops the least informative tokens of each message with LLMLingua-2, keeping about `rate` of them.
+
+    The model loads once, on `load()` or the first use. A model that cannot be found or loaded
+    never stops the server: the status turns "unavailable", the reason is logged once, and
+    texts pass through unchanged, marked skipped.
+    """
+
+    def __init__(self, settings: CompressionSettings, counter: TokenCounter | None = None) -> None:
+        self.settings = settings
+        self.counter = counter or TokenCounter(settings.tokenizer)
+        self._status: Status = "not_loaded" if settings.enabled else "disabled"
+        self._reason: str | None = (
+            None if settings.enabled else "compression is disabled (LIGHTMEM_COMPRESSION_ENABLED=false)"
+        )
+        self._source: ModelSource | None = None
+        self._device: str | None = None
+        self._engine: PromptCompressor | None = None
+        self._load_lock = threading.Lock()
+        # llmlingua's tokenizer and batching are not safe to share between threads at once.
+        self._run_lock = threading.Lock()
+
+    @property
+    def status(self) -> Status:
+        """not_loaded, ready, unavailable or disabled."""
+        return self._status
+
+    @property
+    def reason(self) -> str | None:
+        """Why the model is unavailable or disabled, and how to fix it; None otherwise."""
+        return self._reason
+
+    @property
+    def model(self) -> str:
+        """The model's name: the hub id, or the folder name of a local copy."""
+        return self.settings.path.name if self.settings.path is not None else self.settings.model
+
+    @property
+    def device(self) -> str | None:
+        """The torch device the model runs on, once loaded."""
+        return self._device
+
+    def load(self) -> Status:
+        """Find and load the model once (thread-safe); returns the resulting status and never raises."""
+        with self._load_lock:
+            if self._status != "not_loaded":
+                return self._status
+            started = time.perf_counter()
+            try:
+                self._source = resolve_model(self.settings)
+                self._device = resolve_device(self.settings.device)
+                self._engine = self._open(self._source, self._device)
+            except Exception as exc:  # never fatal: stored turns simply stay uncompressed
+                self._engine = None
+                self._reason = self._explain(exc)
+                self._status = "unavailable"
+                log.warning("compression unavailable: %s", self._reason)
+                return self._status
+            self._status = "ready"
+            log.info(
+                "compression model %s from %s on %s, loaded in %.1f s",
+                self.model,
+                self._source.origin,
+                self._device,
+                time.perf_counter() - started,
+            )
+            return self._status
+
+    def _explain(self, exc: Exception) -> str:
+        if isinstance(exc, BackendUnavailable):
+            return str(exc)
+        if self._source is None or self._device is None:  # the device was refused
+            return f"{exc}; set LIGHTMEM_COMPRESSION_DEVICE=auto or cpu"
+        return (
+            f"cannot load LLMLingua-2 model from {self._source.origin} ({self._source.location}) on "
+            f"{self._device}: {type(exc).__name__}: {exc}; {_how_to_provide(self.settings.model)}"
+        )
+
+    @staticmethod
+    def _open(source: ModelSource, device: str) -> PromptCompressor:
+        ensure_tiktoken_offline()  # PromptCompressor.__init__ loads tiktoken's cl100k_base
+        from llmlingua import PromptCompressor
+
+        # llmlingua loads natively only on cuda and cpu; elsewhere it would send inputs to cuda.
+        # So load on the cpu, move the model, and repoint the device it sends inputs to.
+        native = device.startswith(("cuda", "cpu"))
+        engine = PromptCompressor(
+            model_name=source.location,
+            device_map=device if native else "cpu",
+            # LLMLingua-2 checkpoints need no custom code; llmlingua would trust it by default.
+            # A fresh dict each time: llmlingua mutates it.
+            model_config={"trust_remote_code": False},
+            use_llmlingua2=True,
+        )
+        if not native:
+            engine.model.to(device)
+            engine.device = device
+        # llmlingua sets left padding and takes the pad id from `config.pad_token_id or eos`, which
+        # is None for BERT (pad id 0, no eos). It pads its own inputs by hand, so restoring the
+        # encoder's defaults changes nothing for compression and lets `encoder()` users pad batches.
+        tokenizer = engine.tokenizer
+        if tokenizer.pad_token_id is None and engine.model.config.pad_token_id is not None:
+            tokenizer.pad_token_id = engine.model.config.pad_token_id
+        tokenizer.padding_side = "right"
+        return engine
+
+    def encoder(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
+        """The loaded token-classification model and its tokenizer (for attention-based segmentation), or None.
+
+        llmlingua has added its `[NEWi]` force-token placeholders to this tokenizer (and resized the
+        embeddings to match); it pads on the right with the model's pad token.
+        """
+        if self.load() != "ready" or self._engine is None:
+            return None
+        return self._engine.model, self._engine.tokenizer
+
+    def describe(self) -> dict[str, str | None]:
+        """Status, reason, model, source, location and device, for `doctor` and health output."""
+        return {
+            "status": self._status,
+            "reason": self._reason,
+            "model": self.model,
+            "source": self._source.origin if self._source else None,
+            "location": self._source.location if self._source else None,
+            "device": self._device,
+            "tokenizer": self.counter.encoding,
+        }
+
+    def compress(
+        self,
+        text: str,
+        rate: float | None = None,
+        target_tokens: int | None = None,
+        force_tokens: Sequence[str] | None = None,
+        *,
+        required: bool = False,
+    ) -> Compression:
+        """Compress one text; with `required`, raise `BackendUnavailable` instead of passing it through."""
+        return self.compress_many([text], rate, target_tokens, force_tokens, required=required)[0]
+
+    def compress_many(
+        self,
+        texts: Sequence[str],
+        rate: float | None = None,
+        target_tokens: int | None = None,
+        force_tokens: Sequence[str] | None = None,
+        *,
+        required: bool = False,
+    ) -> list[Compression]:
+        """Compress each text, in order, in batched model passes; `seconds` is each text's share of its batch."""
+        rate = self.settings.rate if rate is None else rate
+        forced = list(self.settings.force_tokens if force_tokens is None else force_tokens)
+        _validate(rate, target_tokens, forced)
+        counts = self.counter.count_many(texts)
+        if required and self.load() != "ready":
+            raise BackendUnavailable(self._reason or "compression model is not loaded")
+
+        results: list[Compression | None] = [None] * len(texts)
+        # Texts to compress, grouped by the share of tokens each keeps: one model pass per group.
+        todo: dict[float, list[int]] = {}
+        for index, (text, count) in enumerate(zip(texts, counts, strict=True)):
+            keep = min(1.0, target_tokens / count) if target_tokens is not None and count else rate
+            if self._status == "disabled":
+                results[index] = _unchanged(text, count, "disabled")
+            elif count < max(self.settings.min_tokens, 1) or not text.strip():
+                results[index] = _unchanged(text, count, "short")
+            elif keep >= 1.0:
+                results[index] = _unchanged(text, count, "no_gain")
+            else:
+                todo.setdefault(keep, []).append(index)
+        # Load only when some text needs the model, so short turns never pay the start-up.
+        if todo and self.load() != "ready":
+            for index in (i for group in todo.values() for i in group):
+                results[index] = _unchanged(texts[index], counts[index], "unavailable")
+            todo = {}
+        for keep, group in todo.items():
+            outputs, seconds = self._run([texts[i] for i in group], keep, forced)
+            for index, output in zip(group, outputs, strict=True):
+                results[index] = self._result(texts[index], counts[index], output, seconds / len(group))
+        return [result for result in results if result is not None]
+
+    def _run(self, texts: list[str], rate: float, forced: list[str]) -> tuple[list[str], float]:
+        engine = self._engine
+        assert engine is not None
+        with self._run_lock:
+            started = time.perf_counter()
+            # llmlingua glues the compressed 512-token chunks of a long text without a space
+            # ("innAlso"); so long texts are cut into pieces that fit one chunk, split at sentence
+            # ends, and the pieces are joined again with the whitespace that separated them.
+            budget = engine.max_seq_len - 2 - _PIECE_MARGIN
+            layouts = [split_for_model(text, _lengths(engine.tokenizer), budget) for text in texts]
+            pieces = [piece for layout in layouts for piece, _ in layout]
+            outputs = engine.compress_prompt_llmlingua2(pieces, rate=rate, force_tokens=forced)
+            compressed = iter(str(piece) for piece in outputs["compressed_prompt_list"])
+            joined = [_join([(next(compressed), gap) for _, gap in layout], "\n" in forced) for layout in layouts]
+            return joined, time.perf_counter() - started
+
+    def _result(self, original: str, original_tokens: int, output: str, seconds: float) -> Compression:
+        tokens = self.counter.count(output)
+        if tokens >= original_tokens:
+            return _unchanged(original, original_tokens, "no_gain")
+        return Compression(
+            text=output,
+            original_tokens=original_tokens,
+            compressed_tokens=tokens,
+            ratio=tokens / original_tokens,
+            model=self.model,
+            device=self._device,
+            seconds=seconds,
+            applied=True,
+            skipped_reason=None,
+        )
+
+
+def _unchanged(text: str, tokens: int, reason: SkipReason) -> Compression:
+    return Compression(
+        text=text,
+        original_tokens=tokens,
+        compressed_tokens=tokens,
+        ratio=1.0,
+        model=None,
+        device=None,
+        seconds=0.0,
+        applied=False,
+        skipped_reason=reason,
+    )
+
+
+def split_for_model(text: str, lengths: Callable[[list[str]], list[int]], budget: int) -> list[tuple[str, str]]:
+    """`text` in pieces of at most `budget` model tokens, cut at sentence ends, each with the whitespace after it."""
+    units = _with_gaps(text.strip(), _SENTENCE_GAP)
+    sized: list[tuple[str, str, int]] = []
+    for (unit, gap), size in zip(units, lengths([unit for unit, _ in units]), strict=True):
+        if size <= budget:
+            sized.append((unit, gap, size))
+            continue
+        words = _with_gaps(unit, _WORD_GAP)
+        words[-1] = (words[-1][0], gap)
+        sized += [(w, g, n) for (w, g), n in zip(words, lengths([w for w, _ in words]), strict=True)]
+
+    pieces: list[tuple[str, str]] = []
+    parts: list[str] = []
+    size = 0
+    for unit, gap, unit_size in sized:
+        if parts and size + unit_size > budget:
+            pieces.append(("".join(parts[:-1]), parts[-1]))
+            parts, size = [], 0
+        parts += [unit, gap]
+        # Each newline becomes one placeholder token when "\n" is a force token.
+        size += unit_size + gap.count("\n")
+    if parts:
+        pieces.append(("".join(parts[:-1]), parts[-1]))
+    return pieces
+
+
+def _with_gaps(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    parts = pattern.split(text)
+    # split() with one capturing group alternates text, gap, text, ...; the last text has no gap.
+    return list(zip(parts[0::2], [*parts[1::2], ""], strict=True))
+
+
+def _lengths(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[int]]:
+    def count(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    return count
+
+
+def _join(pieces: list[tuple[str, str]], keep_newlines: bool) -> str:
+    kept = [(text, gap if keep_newlines and "\n" in gap else " ") for text, gap in pieces if text.strip()]
+    return "".join(text + gap for text, gap in kept[:-1]) + (kept[-1][0] if kept else "")
+
+
+def _validate(rate: float, target_tokens: int | None, forced: list[str]) -> None:
+    if not 0 < rate <= 1:
+        raise InvalidInput("rate", f"must be in (0, 1], the share of tokens kept; got {rate}")
+    if target_tokens is not None and target_tokens < 1:
+        raise InvalidInput("target_tokens", f"must be a positive number of tokens; got {target_tokens}")
+    if len(forced) > MAX_FORCE_TOKENS:
+        raise InvalidInput("force_tokens", f"at most {MAX_FORCE_TOKENS} tokens; got {len(forced)}")
+    if any(not token for token in forced):
+        raise InvalidInput("force_tokens", "tokens must be non-empty strings")

@@ -1,0 +1,108 @@
+"""Long-term memory extraction: one LLM call turns a batch of topic segments into sourced facts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from lightmem_mcp.llm import LLMCall, LLMClient
+
+log = logging.getLogger(__name__)
+
+PURPOSE = "extraction"
+
+SYSTEM_PROMPT = """\
+You turn conversations into long-term memories. The messages below are grouped by topic and \
+numbered; each carries the time it was written and who wrote it.
+
+Write down every fact worth remembering about the people in the conversation: who they are, \
+what they own, do, like, plan, decided, asked for or experienced, with the names, numbers, places \
+and dates they mention.
+
+Each fact must be:
+- exhaustive: one fact per distinct piece of information; leave out greetings and small talk;
+- standalone: one complete third-person sentence that makes sense with no other context; name \
+the person (the speaker's name when given, otherwise "The user" or "The assistant");
+- anchored in time: replace relative dates ("yesterday", "next Friday", "last year") by the \
+absolute date computed from the time of the message, e.g. "On 2023-05-19 the user ...";
+- sourced: "sources" lists the numbers of the messages the fact comes from;
+- faithful: only what the messages say, no guesses.
+
+Answer with JSON only, in this shape:
+{"facts": [{"fact": "The user adopted a cat named Luna on 2023-05-13.", "sources": [1]}]}
+If nothing is worth remembering, answer {"facts": []}."""
+
+
+class ExtractedFact(BaseModel):
+    """One fact as the LLM returns it."""
+
+    fact: str = Field(min_length=1)
+    sources: list[int] = Field(min_length=1)
+
+
+class ExtractionAnswer(BaseModel):
+    """The whole JSON answer."""
+
+    facts: list[ExtractedFact]
+
+
+@dataclass(frozen=True)
+class BufferedTurn:
+    """A pending turn as the extractor sees it."""
+
+    record_id: str
+    message_id: str
+    role: str
+    speaker: str | None
+    text: str
+    event_time: datetime
+    topic_id: str
+
+
+@dataclass(frozen=True)
+class DraftFact:
+    """A fact tied to the turns it comes from, before it is embedded and stored."""
+
+    text: str
+    sources: tuple[BufferedTurn, ...]
+
+
+class FactExtractor:
+    """Builds the prompt, makes the one call, and maps message numbers back to turns."""
+
+    def __init__(self, llm: LLMClient) -> None:
+        self._llm = llm
+
+    def extract(self, segments: Sequence[Sequence[BufferedTurn]]) -> tuple[list[DraftFact], LLMCall]:
+        """Facts from a batch of segments, in one LLM call; raises the client's error on failure."""
+        numbered = [turn for segment in segments for turn in segment]
+        result = self._llm.complete_json(PURPOSE, SYSTEM_PROMPT, render(segments), ExtractionAnswer)
+        drafts = []
+        for item in result.value.facts:
+            sources = tuple(dict.fromkeys(numbered[n - 1] for n in item.sources if 1 <= n <= len(numbered)))
+            text = " ".join(item.fact.split())
+            if not sources or not text:
+                log.warning("dropped a fact citing no message of the batch: sources %s", item.sources)
+                continue
+            drafts.append(DraftFact(text, sources))
+        return drafts, result.call
+
+
+def render(segments: Sequence[Sequence[BufferedTurn]]) -> str:
+    """The user prompt: numbered messages under one heading per topic."""
+    lines = []
+    number = 0
+    for index, segment in enumerate(segments, start=1):
+        lines.append(f"Topic {index}:")
+        for turn in segment:
+            number += 1
+            who = turn.role if not turn.speaker else f"{turn.role} ({turn.speaker})"
+            when = turn.event_time.strftime("%Y-%m-%d (%a) %H:%M")
+            lines.append(f"[{number}] {when} | {who}: {turn.text}")
+        lines.append("")
+    lines.append("Extract the facts as JSON.")
+    return "\n".join(lines)

@@ -1,0 +1,420 @@
+"""The LLM backend: one OpenAI-compatible chat client with provider presets, JSON answers and its own retries."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lightmem_mcp.config import LLMSettings
+from lightmem_mcp.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from openai import APIStatusError, OpenAI
+    from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+    from openai.types.completion_usage import CompletionUsage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=BaseModel)
+
+# Statuses worth another try, as the openai SDK's own retry loop has them.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+MAX_DELAY_S = 60.0
+# The SDK insists on an api_key string; this one never leaves the process because the
+# Authorization header is either ours (from the settings) or explicitly omitted.
+_PLACEHOLDER_KEY = "lightmem-unused"
+
+
+class LLMError(BackendUnavailable):
+    """An LLM call failed: a setting to fix (`retryable` False) or an outage that outlasted the retries."""
+
+    def __init__(self, message: str, call: LLMCall, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.call = call
+        self.retryable = retryable
+
+
+class Usage(BaseModel):
+    """Tokens one or more attempts cost, as the API reported them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+        )
+
+
+class LLMCall(BaseModel):
+    """One logical LLM call, all its attempts together: what it cost and how it ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call_id: str
+    purpose: str
+    provider: str
+    model: str
+    usage: Usage
+    attempts: int
+    seconds: float
+    started_at: datetime
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LLMResult(Generic[T]):
+    """A validated answer and the call that produced it."""
+
+    value: T
+    call: LLMCall
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why an attempt failed, and how long the server asked us to wait."""
+
+    problem: str
+    retry_after_s: float | None = None
+
+
+class LLMClient:
+    """Asks an OpenAI-compatible chat API for JSON answers validated against a pydantic schema."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        *,
+        on_call: Callable[[LLMCall], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._on_call = on_call
+        self._sleep = sleep
+        self._sdk: OpenAI | None = None
+        self._sdk_lock = threading.Lock()
+
+    @property
+    def configured(self) -> bool:
+        """Whether an LLM is set up; without one, extraction is off."""
+        return self._settings.provider != "none"
+
+    @property
+    def model(self) -> str:
+        """The model id requests name."""
+        return self._settings.model or ""
+
+    def describe(self) -> dict[str, object]:
+        """Provider, endpoint, model and auth header name for `doctor`; never the key."""
+        s = self._settings
+        if not self.configured:
+            return {"provider": "none", "configured": False}
+        return {
+            "provider": s.provider,
+            "configured": True,
+            "base_url": _without_userinfo(s.base_url or ""),
+            "model": s.model,
+            "auth_header": s.auth_header,
+            "auth_scheme": s.auth_scheme or None,
+            "api_key_set": s.api_key is not None,
+            "timeout_s": s.timeout_s,
+            "max_retries": s.max_retries,
+        }
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        with self._sdk_lock:
+            if self._sdk is not None:
+                self._sdk.close()
+                self._sdk = None
+
+    def complete_json(self, purpose: str, system: str, user: str, schema: type[T]) -> LLMResult[T]:
+        """One JSON-mode chat completion parsed into `schema`, retried on outages and bad answers."""
+        if "json" not in (system + user).lower():
+            # JSON mode requires it: DeepSeek and OpenAI answer 400 otherwise.
+            raise ValueError("the prompt must mention JSON for JSON mode")
+        call_id = uuid.uuid4().hex
+        started_at = datetime.now(UTC)
+        t0 = time.monotonic()
+        usage = Usage()
+        attempts = 0
+
+        def record(ok: bool, error: str | None = None) -> LLMCall:
+            call = LLMCall(
+                call_id=call_id,
+                purpose=purpose,
+                provider=self._settings.provider,
+                model=self.model,
+                usage=usage,
+                attempts=attempts,
+                seconds=round(time.monotonic() - t0, 6),
+                started_at=started_at,
+                ok=ok,
+                error=error,
+            )
+            if self._on_call is not None:
+                try:
+                    self._on_call(call)
+                except Exception:  # accounting must not turn a good answer into a failure
+                    log.exception("on_call hook failed for LLM call %s", call_id)
+            return call
+
+        if not self.configured:
+            message = "no LLM is configured: set LIGHTMEM_LLM_PROVIDER (deepseek, huawei-maas, pangu, openai, ...)"
+            raise LLMError(message, record(False, message), retryable=False)
+
+        max_attempts = self._settings.max_retries + 1
+        failure = _Failure("no attempt made")
+        for attempt in range(1, max_attempts + 1):
+            attempts = attempt
+            outcome = self._attempt(system, user, schema)
+            if isinstance(outcome, _Fatal):
+                message = f"LLM call for {purpose} failed: {outcome.message}; the {purpose} batch stays pending"
+                log.error("%s", message)
+                raise LLMError(message, record(False, outcome.message), retryable=False)
+            usage += outcome.usage
+            if outcome.value is not None:
+                return LLMResult(outcome.value, record(True))
+            failure = outcome.failure or _Failure("no answer")
+            if attempt == max_attempts:
+                break
+            delay = self._delay(attempt, failure.retry_after_s)
+            log.warning(
+                "LLM call for %s, attempt %d of %d: %s; retrying in %.2fs",
+                purpose,
+                attempt,
+                max_attempts,
+                failure.problem,
+                delay,
+            )
+            self._sleep(delay)
+
+        message = (
+            f"LLM call for {purpose} failed after {attempts} attempt(s): {failure.problem}; "
+            f"the {purpose} batch stays pending and is retried later"
+        )
+        log.warning("%s", message)
+        raise LLMError(message, record(False, failure.problem), retryable=True)
+
+    def _attempt(self, system: str, user: str, schema: type[T]) -> _Outcome[T] | _Fatal:
+        import openai
+
+        s = self._settings
+        try:
+            completion = self._create(system, user)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in RETRYABLE_STATUSES or status >= 500:
+                return _Outcome(failure=_Failure(f"HTTP {status}: {self._reason(exc)}", _retry_after(exc)))
+            return _Fatal(self._explain_status(exc))
+        except openai.APITimeoutError:
+            return _Outcome(failure=_Failure(f"no answer within {s.timeout_s:g}s (LIGHTMEM_LLM_TIMEOUT_S)"))
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            reason = self._redact(str(cause)) or type(cause).__name__
+            return _Outcome(failure=_Failure(f"cannot reach {_without_userinfo(s.base_url or '')}: {reason}"))
+        except openai.APIError as exc:  # e.g. a proxy's HTML page where JSON was due
+            return _Outcome(failure=_Failure(f"unusable response: {self._redact(exc.message)[:300]}"))
+        usage = _usage_of(completion.usage)
+        choice = completion.choices[0] if completion.choices else None
+        content = (choice.message.content or "").strip() if choice else ""
+        if not content:
+            return _Outcome(usage=usage, failure=_Failure("the answer was blank"))
+        try:
+            data = json.loads(_strip_fences(content))
+        except json.JSONDecodeError as exc:
+            truncated = choice is not None and choice.finish_reason == "length"
+            hint = f" (cut off at LIGHTMEM_LLM_MAX_OUTPUT_TOKENS={s.max_output_tokens})" if truncated else ""
+            return _Outcome(usage=usage, failure=_Failure(f"the answer is not valid JSON{hint}: {exc.msg}"))
+        try:
+            return _Outcome(usage=usage, value=schema.model_validate(data))
+        except ValidationError as exc:
+            return _Outcome(usage=usage, failure=_Failure(f"the JSON does not fit {schema.__name__}: {_brief(exc)}"))
+
+    def _create(self, system: str, user: str) -> ChatCompletion:
+        from openai import Omit
+
+        s = self._settings
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]
+        sends_authorization = s.api_key is not None and (s.auth_header or "").lower() == "authorization"
+        extra_body: dict[str, object] = {}
+        if s.provider == "deepseek":
+            # DeepSeek's newer models think by default: slower and pricier, and no better at extraction.
+            extra_body["thinking"] = {"type": "disabled"}
+        # OpenAI's newer models reject max_tokens; the compatible APIs mostly know only max_tokens.
+        limit = {"max_completion_tokens" if s.provider == "openai" else "max_tokens": s.max_output_tokens}
+        return self._client().chat.completions.create(
+            model=self.model,
+            messages=messages,
+            response_format={"type": "json_object"},
+            temperature=s.temperature,
+            extra_headers=None if sends_authorization else {"Authorization": Omit()},
+            extra_body={**limit, **extra_body},
+        )
+
+    def _client(self) -> OpenAI:
+        with self._sdk_lock:
+            if self._sdk is None:
+                # Imported here: the openai package takes ~0.5 s to import, and a stdio
+                # server must answer `initialize` before anything asks the LLM.
+                from openai import OpenAI
+
+                s = self._settings
+                headers: dict[str, str] = {}
+                if s.api_key is not None and s.auth_header:
+                    token = s.api_key.get_secret_value()
+                    headers[s.auth_header] = f"{s.auth_scheme} {token}" if s.auth_scheme else token
+                self._sdk = OpenAI(
+                    api_key=_PLACEHOLDER_KEY,
+                    base_url=s.base_url,
+                    timeout=s.timeout_s,
+                    max_retries=0,
+                    default_headers=headers,
+                )
+            return self._sdk
+
+    def _delay(self, attempt: int, retry_after_s: float | None) -> float:
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), MAX_DELAY_S)
+        delay = min(self._settings.retry_base_delay_s * 2.0 ** (attempt - 1), MAX_DELAY_S)
+        return delay + random.uniform(0, delay / 10)
+
+    def _explain_status(self, exc: APIStatusError) -> str:
+        s = self._settings
+        status = exc.status_code
+        what = f"HTTP {status}: {self._reason(exc)}"
+        if status == 401:
+            fix = "check LIGHTMEM_LLM_API_KEY"
+            if s.auth_header != "Authorization" or s.auth_scheme != "Bearer":
+                fix += (
+                    f" and LIGHTMEM_LLM_AUTH_HEADER / LIGHTMEM_LLM_AUTH_SCHEME"
+                    f" (now {s.auth_header!r} / {s.auth_scheme!r})"
+                )
+        elif status == 403:
+            fix = f"check that LIGHTMEM_LLM_API_KEY may use model {s.model!r} here (keys can be region-bound)"
+        elif status == 404:
+            url = _without_userinfo(s.base_url or "")
+            fix = f"check LIGHTMEM_LLM_BASE_URL ({url}) and LIGHTMEM_LLM_MODEL ({s.model!r})"
+        else:
+            fix = (
+                f"check LIGHTMEM_LLM_MODEL ({s.model!r}) supports JSON mode and "
+                f"LIGHTMEM_LLM_MAX_OUTPUT_TOKENS ({s.max_output_tokens}) is within its limit"
+            )
+        return f"the LLM API refused the request ({what}): {fix}"
+
+    def _reason(self, exc: APIStatusError) -> str:
+        body = exc.body
+        message: object = None
+        if isinstance(body, dict):
+            error: object = body.get("error", body)
+            message = error.get("message") if isinstance(error, dict) else error
+        text = str(message) if message else (exc.response.reason_phrase or "no message")
+        return self._redact(text)[:300]
+
+    def _redact(self, text: str) -> str:
+        key = self._settings.api_key
+        secret = key.get_secret_value() if key is not None else ""
+        return text.replace(secret, "***") if secret else text
+
+
+@dataclass
+class _Outcome(Generic[T]):
+    """An attempt that reached the API or failed in a way worth retrying."""
+
+    usage: Usage = field(default_factory=Usage)
+    value: T | None = None
+    failure: _Failure | None = None
+
+
+@dataclass
+class _Fatal:
+    """An attempt that no retry can fix."""
+
+    message: str
+
+
+def _usage_of(usage: CompletionUsage | None) -> Usage:
+    if usage is None:
+        return Usage()
+    extra: dict[str, Any] = usage.model_extra or {}
+    # DeepSeek reports cache hits as prompt_cache_hit_tokens, OpenAI under prompt_tokens_details.
+    cached = extra.get("prompt_cache_hit_tokens")
+    if not isinstance(cached, int):
+        details = usage.prompt_tokens_details
+        cached = (details.cached_tokens if details is not None else None) or 0
+    return Usage(
+        prompt_tokens=usage.prompt_tokens or 0,
+        completion_tokens=usage.completion_tokens or 0,
+        cached_tokens=cached,
+    )
+
+
+def _retry_after(exc: APIStatusError) -> float | None:
+    headers = exc.response.headers
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return float(millis) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return (when - datetime.now(UTC)).total_seconds()
+
+
+def _strip_fences(content: str) -> str:
+    # Some OpenAI-compatible servers wrap JSON-mode answers in a ```json fence anyway.
+    if content.startswith("```"):
+        content = content.removeprefix("```json").removeprefix("```").removesuffix("```")
+    return content.strip()
+
+
+def _brief(exc: ValidationError) -> str:
+    # Field paths and messages only: the input values are the user's conversation.
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:3]]
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))

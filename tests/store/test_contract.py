@@ -1,0 +1,371 @@
+"""The behaviour every vector store must share: the embedded Edge shard and a Qdrant server alike."""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from qdrant_client import QdrantClient
+
+from lightmem_mcp.config import SearchMode
+from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
+from lightmem_mcp.lexical import LexicalEncoder
+from lightmem_mcp.records import FoundPoint, RecordFilter, StoredPoint
+from lightmem_mcp.store import Ranking, VectorStore
+from lightmem_mcp.store.edge import EdgeStore
+from lightmem_mcp.store.qdrant_server import QdrantServerStore
+from lightmem_mcp.store.schema import SCHEMA_VERSION
+from tests.store.conftest import DIMENSION, LAYOUT, StoreFactory
+
+LEXICAL = LexicalEncoder()
+ALICE = RecordFilter("alice")
+
+LUNA = "I adopted a grey cat named Luna last week."
+NURSE = "I work night shifts as a nurse at Boston General."
+SOFA = "My order number for the new sofa is ZX-4471."
+HIKE = "We are planning a hiking trip to the Dolomites in July."
+
+
+def unit(seed: str) -> list[float]:
+    """A reproducible random unit vector."""
+    rng = random.Random(seed)
+    vector = [rng.gauss(0.0, 1.0) for _ in range(DIMENSION)]
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector]
+
+
+def record_id(name: str, user_id: str = "alice") -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{user_id}/{name}"))
+
+
+def memory(
+    name: str, text: str = "", *, user_id: str = "alice", dense: list[float] | None = None, **fields: Any
+) -> StoredPoint:
+    """A point shaped like the service's records; `name` is the message id it cites in source_ids."""
+    text = text or f"note {name}"
+    payload: dict[str, Any] = {
+        "user_id": user_id,
+        "agent_id": None,
+        "session_id": None,
+        "kind": "turn",
+        "status": "active",
+        "text": text,
+        "role": "user",
+        "speaker": None,
+        "source_ids": [name],
+        "topic_id": None,
+        "event_ts": 1_700_000_000.0,
+        "created_ts": 1_700_000_000.0,
+        "updated_ts": 1_700_000_000.0,
+    } | fields
+    payload["event_time"] = datetime.fromtimestamp(payload["event_ts"], UTC).isoformat()
+    return StoredPoint(record_id(name, user_id), dense or unit(text), LEXICAL.encode_document(text), payload)
+
+
+def names(points: list[FoundPoint]) -> list[str]:
+    """Each point's name: the message id it cites."""
+    return [cast(list[str], p.payload["source_ids"])[0] for p in points]
+
+
+def event_ts(point: FoundPoint) -> float:
+    return cast(float, point.payload["event_ts"])
+
+
+def search(
+    store: VectorStore,
+    text: str,
+    where: RecordFilter = ALICE,
+    mode: SearchMode = "hybrid",
+    dense: list[float] | None = None,
+    limit: int = 10,
+) -> list[FoundPoint]:
+    return store.query(dense or unit(text), LEXICAL.encode_query(text), where, limit, Ranking(mode=mode))
+
+
+def conversation() -> list[StoredPoint]:
+    return [memory(f"m{i}", text) for i, text in enumerate((LUNA, NURSE, SOFA, HIKE))]
+
+
+# -- upsert and query ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_an_upserted_point_is_found_at_once(store: VectorStore, mode: SearchMode) -> None:
+    store.upsert(conversation())
+
+    found = search(store, "grey cat Luna", mode=mode, dense=unit(LUNA))
+
+    assert names(found)[0] == "m0"
+    assert found[0].id == record_id("m0")
+    assert found[0].payload["text"] == LUNA
+    assert found[0].payload["source_ids"] == ["m0"]
+
+
+def test_hybrid_ranks_a_point_best_on_both_arms_first(store: VectorStore) -> None:
+    query = unit("query")
+    near = [x + 0.3 * y for x, y in zip(query, unit("noise"), strict=True)]
+    store.upsert(
+        [
+            memory("vector-only", HIKE, dense=near),
+            memory("words-only", "Luna is the name of a snack bar", dense=[-x for x in query]),
+            memory("both", LUNA, dense=query),
+        ]
+    )
+
+    found = search(store, "grey cat named Luna", dense=query)
+
+    assert names(found)[0] == "both"
+    assert set(names(found)) == {"both", "vector-only", "words-only"}
+
+
+def test_an_upsert_with_the_same_id_replaces_the_point(store: VectorStore) -> None:
+    store.upsert(conversation())
+    store.upsert([memory("m0", "I adopted a dog named Rex.", status="superseded")])
+
+    assert store.count(ALICE) == 4
+    assert search(store, "Rex", mode="sparse")[0].payload["status"] == "superseded"
+    assert search(store, "Luna", mode="sparse") == []
+
+
+def test_a_query_of_only_stop_words_falls_back_to_dense_in_hybrid_and_finds_nothing_lexically(
+    store: VectorStore,
+) -> None:
+    store.upsert(conversation())
+    assert LEXICAL.encode_query("what is it?").indices == []
+
+    hybrid = search(store, "what is it?", mode="hybrid", dense=unit(SOFA))
+
+    assert names(hybrid) == names(search(store, "what is it?", mode="dense", dense=unit(SOFA)))
+    assert names(hybrid)[0] == "m2"
+    assert search(store, "what is it?", mode="sparse") == []
+
+
+# -- filters ---------------------------------------------------------------------------
+
+
+def filter_set(user_id: str) -> list[StoredPoint]:
+    """Five records varying every filtered field; the same for each user, vectors and text included."""
+    rows = [
+        ("a1", "a", "s1", "turn", "user", "Ann", "active", 100.0),
+        ("a2", "a", "s2", "fact", None, None, "superseded", 200.0),
+        ("b1", "b", "s1", "turn", "assistant", "Bo", "active", 300.0),
+        ("b2", "b", "s3", "turn", "user", "Bo", "deleted", 400.0),
+        ("c1", None, None, "summary", None, None, "active", 500.0),
+    ]
+    return [
+        memory(
+            name,
+            f"the record called {name}",
+            user_id=user_id,
+            agent_id=agent,
+            session_id=session,
+            kind=kind,
+            role=role,
+            speaker=speaker,
+            status=status,
+            event_ts=ts,
+        )
+        for name, agent, session, kind, role, speaker, status, ts in rows
+    ]
+
+
+@pytest.fixture
+def filtered(store: VectorStore) -> VectorStore:
+    store.upsert(filter_set("alice") + filter_set("bob"))
+    return store
+
+
+@pytest.fixture(scope="module")
+def filtered_read_only(shared_store: VectorStore) -> VectorStore:
+    shared_store.upsert(filter_set("alice") + filter_set("bob"))
+    return shared_store
+
+
+FILTER_CASES = [
+    pytest.param(RecordFilter("alice"), ["a1", "a2", "b1", "b2", "c1"], id="user only"),
+    pytest.param(RecordFilter("carol"), [], id="unknown user"),
+    pytest.param(RecordFilter("alice", agent_id="a"), ["a1", "a2"], id="agent_id"),
+    pytest.param(RecordFilter("alice", session_id="s1"), ["a1", "b1"], id="session_id"),
+    pytest.param(RecordFilter("alice", kinds=("turn",)), ["a1", "b1", "b2"], id="one kind"),
+    pytest.param(RecordFilter("alice", kinds=("fact", "summary")), ["a2", "c1"], id="two kinds"),
+    pytest.param(RecordFilter("alice", roles=("user",)), ["a1", "b2"], id="one role"),
+    pytest.param(RecordFilter("alice", roles=("assistant", "system")), ["b1"], id="two roles"),
+    pytest.param(RecordFilter("alice", speakers=("Bo",)), ["b1", "b2"], id="speakers"),
+    pytest.param(RecordFilter("alice", statuses=("active",)), ["a1", "b1", "c1"], id="statuses"),
+    pytest.param(RecordFilter("alice", since_ts=200.0), ["a2", "b1", "b2", "c1"], id="since inclusive"),
+    pytest.param(RecordFilter("alice", until_ts=300.0), ["a1", "a2", "b1"], id="until inclusive"),
+    pytest.param(RecordFilter("alice", since_ts=200.0, until_ts=300.0), ["a2", "b1"], id="since and until"),
+    pytest.param(RecordFilter("alice", ids=(record_id("a1"), record_id("b2"))), ["a1", "b2"], id="ids"),
+    pytest.param(
+        RecordFilter("alice", ids=(record_id("a1"), record_id("a1", "bob"))), ["a1"], id="ids of another user"
+    ),
+    pytest.param(
+        RecordFilter("alice", agent_id="b", kinds=("turn",), roles=("user",)), ["b2"], id="agent and kind and role"
+    ),
+    pytest.param(
+        RecordFilter("alice", session_id="s1", statuses=("active",), speakers=("Ann",)),
+        ["a1"],
+        id="session and status and speaker",
+    ),
+    pytest.param(
+        RecordFilter("alice", ids=(record_id("a1"), record_id("b1")), since_ts=200.0), ["b1"], id="ids and since"
+    ),
+    pytest.param(RecordFilter("alice", agent_id="a", speakers=("Bo",)), [], id="nothing matches both"),
+]
+
+
+@pytest.mark.parametrize(("where", "expected"), FILTER_CASES)
+def test_a_filter_narrows_query_scroll_and_count_alike(
+    filtered_read_only: VectorStore, where: RecordFilter, expected: list[str]
+) -> None:
+    store = filtered_read_only
+    assert sorted(names(search(store, "the record", where, mode="dense", limit=100))) == expected
+    assert sorted(names(search(store, "the record", where, mode="sparse", limit=100))) == expected
+    assert sorted(names(search(store, "the record", where, mode="hybrid", limit=100))) == expected
+    assert sorted(names(store.scroll(where, 100))) == expected
+    assert store.count(where) == len(expected)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_a_user_never_sees_another_users_identical_memories(filtered_read_only: VectorStore, mode: SearchMode) -> None:
+    store = filtered_read_only
+    found = search(store, "the record called a1", mode=mode, limit=100)
+
+    assert len(found) == 5
+    assert {p.payload["user_id"] for p in found} == {"alice"}
+    assert {p.payload["user_id"] for p in store.scroll(ALICE, 100)} == {"alice"}
+
+
+# -- scroll ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def timeline(store: VectorStore) -> VectorStore:
+    store.upsert([memory(f"t{ts}", event_ts=float(ts)) for ts in (300, 100, 500, 200, 400)])
+    return store
+
+
+def test_scroll_returns_the_newest_events_first_up_to_the_limit(timeline: VectorStore) -> None:
+    assert names(timeline.scroll(ALICE, 3)) == ["t500", "t400", "t300"]
+
+
+def test_scroll_starts_at_before_ts_inclusive_and_leaves_out_skipped_ids(timeline: VectorStore) -> None:
+    assert names(timeline.scroll(ALICE, 10, before_ts=300.0)) == ["t300", "t200", "t100"]
+    assert names(timeline.scroll(ALICE, 10, before_ts=300.0, skip_ids=[record_id("t300")])) == ["t200", "t100"]
+
+
+def test_paging_by_time_and_seen_ids_visits_every_record_once_when_times_are_shared(store: VectorStore) -> None:
+    everything = [f"m{i:02}" for i in range(20)]
+    store.upsert([memory(name, event_ts=100.0 + i // 7) for i, name in enumerate(everything)])
+
+    visited: list[FoundPoint] = []
+    before_ts: float | None = None
+    seen_at_ts: list[str] = []
+    for _ in range(len(everything)):
+        page = store.scroll(ALICE, 3, before_ts, seen_at_ts)
+        if not page:
+            break
+        visited += page
+        last_ts = event_ts(page[-1])
+        tied = [p.id for p in page if event_ts(p) == last_ts]
+        seen_at_ts = seen_at_ts + tied if last_ts == before_ts else tied
+        before_ts = last_ts
+
+    assert sorted(names(visited)) == everything
+    times = [event_ts(p) for p in visited]
+    assert times == sorted(times, reverse=True)
+
+
+# -- count and delete ------------------------------------------------------------------
+
+
+def test_deleting_ids_in_a_scope_removes_only_those_and_never_another_users(filtered: VectorStore) -> None:
+    filtered.delete(RecordFilter("alice", ids=(record_id("a1"), record_id("b1", "bob"))))
+
+    assert sorted(names(filtered.scroll(ALICE, 100))) == ["a2", "b1", "b2", "c1"]
+    assert filtered.count(RecordFilter("bob")) == 5
+
+
+def test_deleting_a_scope_removes_that_scope_only(filtered: VectorStore) -> None:
+    filtered.delete(RecordFilter("alice", agent_id="a"))
+
+    assert sorted(names(filtered.scroll(ALICE, 100))) == ["b1", "b2", "c1"]
+    assert filtered.count(RecordFilter("bob", agent_id="a")) == 2
+
+    filtered.delete(ALICE)
+
+    assert filtered.count(ALICE) == 0
+    assert filtered.count(RecordFilter("bob")) == 5
+
+
+# -- persistence, layout and availability ----------------------------------------------
+
+
+def test_data_and_filters_survive_a_reopen(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    store.upsert(filter_set("alice") + filter_set("bob") + conversation())
+    store_factory.close(store)
+
+    reopened = store_factory()
+
+    assert reopened.count(ALICE) == 9
+    assert reopened.count(RecordFilter("bob")) == 5
+    assert names(search(reopened, "grey cat Luna", dense=unit(LUNA)))[0] == "m0"
+    assert sorted(names(reopened.scroll(RecordFilter("alice", agent_id="b", kinds=("turn",)), 10))) == ["b1", "b2"]
+    assert names(reopened.scroll(RecordFilter("alice", until_ts=300.0), 10)) == ["b1", "a2", "a1"]
+
+
+def test_reopening_with_another_dimension_is_refused_with_the_fix(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    store.upsert(conversation())
+    store_factory.close(store)
+
+    with pytest.raises(SchemaMismatch) as refused:
+        store_factory(replace(LAYOUT, dimension=16))
+
+    message = str(refused.value)
+    assert "8-d" in message
+    assert "16-d" in message
+    assert "LIGHTMEM_EMBEDDING_MODEL" in message
+    assert "LIGHTMEM_QDRANT_PATH" in message
+    assert "LIGHTMEM_COLLECTION" in message
+    assert store_factory().count(ALICE) == 4
+
+
+def test_a_store_written_by_a_newer_schema_is_refused(store_factory: StoreFactory) -> None:
+    store_factory.close(store_factory(replace(LAYOUT, schema_version=SCHEMA_VERSION + 1)))
+
+    with pytest.raises(SchemaMismatch, match="upgrade lightmem-mcp"):
+        store_factory()
+
+
+def test_the_embedded_store_refuses_a_second_concurrent_open(tmp_path: Path) -> None:
+    first = EdgeStore(tmp_path, LAYOUT)
+
+    with pytest.raises(BackendUnavailable) as refused:
+        EdgeStore(tmp_path, LAYOUT)
+
+    assert str(tmp_path) in str(refused.value)
+    first.close()
+    EdgeStore(tmp_path, LAYOUT).close()
+
+
+@pytest.mark.parametrize("prefer_grpc", [False, True], ids=["rest", "grpc"])
+def test_an_unreachable_qdrant_server_is_reported_as_unavailable(prefer_grpc: bool) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    client = QdrantClient(
+        url=f"http://127.0.0.1:{port}", grpc_port=port, prefer_grpc=prefer_grpc, check_compatibility=False
+    )
+
+    with pytest.raises(BackendUnavailable, match="cannot reach the Qdrant server for collection 'memories'"):
+        QdrantServerStore(client, "memories", LAYOUT)
+    client.close()
