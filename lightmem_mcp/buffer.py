@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # A single topic longer than this many buffer thresholds is cut, so no call outgrows the context.
 _MAX_SEGMENT_FACTOR = 4
 _MAX_PENDING_READ = 10_000
+_RETRY_AFTER_FAILURE_S = 60.0
 
 
 class FlushResult(BaseModel):
@@ -71,6 +73,7 @@ class ShortTermBuffer:
         self._guard = threading.Lock()
         self._scope_locks: dict[Scope, threading.Lock] = {}
         self._scheduled: set[Scope] = set()
+        self._cooldown: dict[Scope, float] = {}
         self._jobs: set[Future[None]] = set()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lightmem-extract")
 
@@ -99,7 +102,7 @@ class ShortTermBuffer:
 
     def _schedule(self, scope: Scope) -> None:
         with self._guard:
-            if scope in self._scheduled:
+            if scope in self._scheduled or time.monotonic() < self._cooldown.get(scope, 0.0):
                 return
             self._scheduled.add(scope)
             job = self._executor.submit(self._background, scope)
@@ -107,17 +110,25 @@ class ShortTermBuffer:
             job.add_done_callback(self._jobs.discard)
 
     def _background(self, scope: Scope) -> None:
+        failed = True
         try:
             result = self.flush(scope, force=False)
-            if result.error:
+            failed = result.error is not None
+            if failed:
                 log.warning("extraction for a scope stopped, turns stay pending: %s", result.error)
         except Exception:
             log.exception("background extraction failed; the turns stay pending")
         finally:
             with self._guard:
                 self._scheduled.discard(scope)
-        # Turns added while this job ran may have crossed the threshold again.
-        self.notify(scope)
+                if failed:
+                    # No retry storm against a failing LLM: adds wait a while, flush_memory does not.
+                    self._cooldown[scope] = time.monotonic() + _RETRY_AFTER_FAILURE_S
+                else:
+                    self._cooldown.pop(scope, None)
+        if not failed:
+            # Turns added while this job ran may have filled the buffer again.
+            self.notify(scope)
 
     def drain(self, timeout: float | None = None) -> None:
         """Wait for scheduled background extraction (tests, shutdown)."""

@@ -37,8 +37,8 @@ _ARCHITECTURES: Final = {
     "bert-base-multilingual-cased": "BertForTokenClassification",
     "xlm-roberta-large": "XLMRobertaForTokenClassification",
 }
-# Model tokens kept free in each piece, for force tokens that become an added placeholder token.
-_PIECE_MARGIN: Final = 10
+# Model tokens kept free in each piece, should the tokenizer not be additive across a cut.
+_PIECE_MARGIN: Final = 4
 _SENTENCE_GAP: Final = re.compile(r"(\s*\n\s*|(?<=[.!?])\s+)")
 _WORD_GAP: Final = re.compile(r"(\s+)")
 # llmlingua maps each multi-token force token onto one of this many added tokens.
@@ -171,6 +171,7 @@ class Compressor:
         self._source: ModelSource | None = None
         self._device: str | None = None
         self._engine: PromptCompressor | None = None
+        self._max_seq_len = 512
         self._load_lock = threading.Lock()
         # llmlingua's tokenizer and batching are not safe to share between threads at once.
         self._run_lock = threading.Lock()
@@ -205,6 +206,7 @@ class Compressor:
                 self._source = resolve_model(self.settings)
                 self._device = resolve_device(self.settings.device)
                 self._engine = self._open(self._source, self._device)
+                self._max_seq_len = int(self._engine.max_seq_len)
             except Exception as exc:  # never fatal: stored turns simply stay uncompressed
                 self._engine = None
                 self._reason = self._explain(exc)
@@ -260,14 +262,21 @@ class Compressor:
         return engine
 
     def encoder(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
-        """The loaded token-classification model and its tokenizer (for attention-based segmentation), or None.
+        """The loaded token-classification model, set to return attentions, and its tokenizer; None if unavailable.
 
         llmlingua has added its `[NEWi]` force-token placeholders to this tokenizer (and resized the
         embeddings to match); it pads on the right with the model's pad token.
         """
         if self.load() != "ready" or self._engine is None:
             return None
-        return self._engine.model, self._engine.tokenizer
+        model = self._engine.model
+        with self._run_lock:
+            # transformers 5 picks the attention kernel per call from the config, and its default
+            # (sdpa) returns no attention weights; the segmenter needs them. Under the run lock so
+            # no compression is mid-pass; transformers 4 falls back to eager on its own.
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation("eager")
+        return model, self._engine.tokenizer
 
     def describe(self) -> dict[str, str | None]:
         """Status, reason, model, source, location and device, for `doctor` and health output."""
@@ -339,15 +348,31 @@ class Compressor:
         assert engine is not None
         with self._run_lock:
             started = time.perf_counter()
+            full = self._max_seq_len
             # llmlingua glues the compressed 512-token chunks of a long text without a space
             # ("innAlso"); so long texts are cut into pieces that fit one chunk, split at sentence
             # ends, and the pieces are joined again with the whitespace that separated them.
-            budget = engine.max_seq_len - 2 - _PIECE_MARGIN
-            layouts = [split_for_model(text, _lengths(engine.tokenizer), budget) for text in texts]
-            pieces = [piece for layout in layouts for piece, _ in layout]
-            outputs = engine.compress_prompt_llmlingua2(pieces, rate=rate, force_tokens=forced)
-            compressed = iter(str(piece) for piece in outputs["compressed_prompt_list"])
-            joined = [_join([(next(compressed), gap) for _, gap in layout], "\n" in forced) for layout in layouts]
+            lengths = _lengths(engine.tokenizer, _placeholders(engine.tokenizer, engine.added_tokens, forced))
+            layouts = [split_for_model(text, lengths, full - 2 - _PIECE_MARGIN) for text in texts]
+            pieces = [piece for layout in layouts for piece in layout]
+            outputs = [""] * len(pieces)
+            # llmlingua pads every input to max_seq_len (512): most turns are far shorter, so
+            # batches of similar length, padded only to their longest piece, cost a fraction.
+            order = sorted(range(len(pieces)), key=lambda i: pieces[i].tokens)
+            for first in range(0, len(order), engine.max_batch_size):
+                batch = order[first : first + engine.max_batch_size]
+                engine.max_seq_len = min(full, pieces[batch[-1]].tokens + 2 + _PIECE_MARGIN)
+                try:
+                    result = engine.compress_prompt_llmlingua2(
+                        [pieces[i].text for i in batch], rate=rate, force_tokens=forced
+                    )
+                finally:
+                    engine.max_seq_len = full
+                for index, output in zip(batch, result["compressed_prompt_list"], strict=True):
+                    outputs[index] = str(output)
+            compressed = iter(outputs)
+            keep_newlines = "\n" in forced
+            joined = [_join([(next(compressed), p.gap) for p in layout], keep_newlines) for layout in layouts]
             return joined, time.perf_counter() - started
 
     def _result(self, original: str, original_tokens: int, output: str, seconds: float) -> Compression:
@@ -381,31 +406,45 @@ def _unchanged(text: str, tokens: int, reason: SkipReason) -> Compression:
     )
 
 
-def split_for_model(text: str, lengths: Callable[[list[str]], list[int]], budget: int) -> list[tuple[str, str]]:
-    """`text` in pieces of at most `budget` model tokens, cut at sentence ends, each with the whitespace after it."""
-    units = _with_gaps(text.strip(), _SENTENCE_GAP)
-    sized: list[tuple[str, str, int]] = []
-    for (unit, gap), size in zip(units, lengths([unit for unit, _ in units]), strict=True):
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Part of a text that fits one model pass: its text, the whitespace after it, its model tokens."""
+
+    text: str
+    gap: str
+    tokens: int
+
+
+def split_for_model(text: str, lengths: Callable[[list[str]], list[int]], budget: int) -> list[Piece]:
+    """`text` in pieces of at most `budget` model tokens, cut at sentence ends (else between words)."""
+    units: list[tuple[str, str, int, int]] = []
+    for unit, gap, size, gap_size in _sized(_with_gaps(text.strip(), _SENTENCE_GAP), lengths):
         if size <= budget:
-            sized.append((unit, gap, size))
+            units.append((unit, gap, size, gap_size))
             continue
         words = _with_gaps(unit, _WORD_GAP)
         words[-1] = (words[-1][0], gap)
-        sized += [(w, g, n) for (w, g), n in zip(words, lengths([w for w, _ in words]), strict=True)]
+        units += _sized(words, lengths)
 
-    pieces: list[tuple[str, str]] = []
+    pieces: list[Piece] = []
     parts: list[str] = []
-    size = 0
-    for unit, gap, unit_size in sized:
-        if parts and size + unit_size > budget:
-            pieces.append(("".join(parts[:-1]), parts[-1]))
+    size = gap_before = 0
+    for unit, gap, unit_size, gap_size in units:
+        if parts and size + gap_before + unit_size > budget:
+            pieces.append(Piece("".join(parts[:-1]), parts[-1], size))
             parts, size = [], 0
+        # A gap inside a piece can cost tokens: a newline force token becomes a placeholder.
+        size += (gap_before if parts else 0) + unit_size
         parts += [unit, gap]
-        # Each newline becomes one placeholder token when "\n" is a force token.
-        size += unit_size + gap.count("\n")
+        gap_before = gap_size
     if parts:
-        pieces.append(("".join(parts[:-1]), parts[-1]))
+        pieces.append(Piece("".join(parts[:-1]), parts[-1], size))
     return pieces
+
+
+def _sized(units: list[tuple[str, str]], lengths: Callable[[list[str]], list[int]]) -> list[tuple[str, str, int, int]]:
+    sizes = lengths([unit for unit, _ in units] + [gap for _, gap in units])
+    return [(unit, gap, sizes[i], sizes[len(units) + i]) for i, (unit, gap) in enumerate(units)]
 
 
 def _with_gaps(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
@@ -414,9 +453,20 @@ def _with_gaps(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
     return list(zip(parts[0::2], [*parts[1::2], ""], strict=True))
 
 
-def _lengths(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[str]], list[int]]:
+def _placeholders(tokenizer: PreTrainedTokenizerBase, added: list[str], forced: list[str]) -> dict[str, str]:
+    # llmlingua's own rule: a force token that is not exactly one model token is swapped for
+    # one of its added placeholder tokens before tokenizing.
+    return {token: added[i] for i, token in enumerate(forced) if len(tokenizer.tokenize(token)) != 1}
+
+
+def _lengths(tokenizer: PreTrainedTokenizerBase, placeholders: dict[str, str]) -> Callable[[list[str]], list[int]]:
     def count(texts: list[str]) -> list[int]:
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        swapped = []
+        for text in texts:
+            for token, placeholder in placeholders.items():
+                text = text.replace(token, placeholder)
+            swapped.append(text)
+        return [len(ids) for ids in tokenizer(swapped, add_special_tokens=False)["input_ids"]]
 
     return count
 

@@ -174,6 +174,18 @@ class DeleteResult(BaseModel):
     missing: list[str]
 
 
+class CompressResult(BaseModel):
+    """Compressed text and what it saved."""
+
+    compressed_text: str
+    original_tokens: int
+    compressed_tokens: int
+    ratio: float = Field(description="compressed_tokens / original_tokens.")
+    model: str
+    device: str
+    milliseconds: float
+
+
 class ForgetResult(BaseModel):
     """What forget removed."""
 

@@ -16,11 +16,13 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from lightmem_mcp import __version__
+from lightmem_mcp.buffer import FlushResult
 from lightmem_mcp.config import Settings
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import (
     AddResult,
+    CompressResult,
     DeleteResult,
     ForgetResult,
     GetResult,
@@ -215,3 +217,42 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         """Permanently delete every memory of a user, or of one agent or session of that user."""
         scope = Scope(user_id, agent_id, session_id)
         return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)))
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Flush the memory buffer", read_only_hint=False, destructive_hint=False, idempotent_hint=True
+        )
+    )
+    async def flush_memory(
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> FlushResult:
+        """Turn the scope's buffered messages into long-term facts now, instead of waiting for the
+        buffer to fill (e.g. at the end of a conversation). Messages stay searchable either way."""
+        scope = Scope(user_id, agent_id, session_id)
+        return await run(lambda m: m.flush(scope))
+
+    @server.tool(annotations=ToolAnnotations(title="Compress text", read_only_hint=True, idempotent_hint=True))
+    async def compress(
+        text: Annotated[str, Field(description="The text to shorten for your own prompt.")],
+        rate: Annotated[
+            float | None, Field(description="Share of tokens to keep, e.g. 0.5. Default: configured.")
+        ] = None,
+        target_tokens: Annotated[int | None, Field(description="Aim for this many tokens instead of a rate.")] = None,
+        force_tokens: Annotated[
+            list[str] | None, Field(description="Tokens that must survive, e.g. ['?', '\\n'].")
+        ] = None,
+    ) -> CompressResult:
+        """Compress text with LLMLingua-2, keeping the words that carry the meaning. Token counts are
+        those of the target LLM's tokenizer."""
+        done = await run(lambda m: m.compress(text, rate, target_tokens, force_tokens or ()))
+        return CompressResult(
+            compressed_text=done.text,
+            original_tokens=done.original_tokens,
+            compressed_tokens=done.compressed_tokens,
+            ratio=done.ratio,
+            model=done.model or "",
+            device=done.device or "",
+            milliseconds=round(done.seconds * 1000, 1),
+        )

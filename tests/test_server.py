@@ -22,6 +22,8 @@ TOOLS = {
     "list_memories": (True, None, True),
     "delete_memory": (False, True, True),
     "forget": (False, True, True),
+    "flush_memory": (False, False, True),
+    "compress": (True, None, True),
 }
 
 
