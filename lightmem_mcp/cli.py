@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="Run the MCP server (the default command).")
     serve.add_argument("--transport", choices=["stdio"], default="stdio", help="MCP transport.")
+    doctor = commands.add_parser("doctor", help="Check every model and backend, then exit.")
+    doctor.add_argument("--ping-llm", action="store_true", help="Also make one small call to the LLM.")
     return parser
 
 
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+
+    if args.command == "doctor":
+        from lightmem_mcp.doctor import run_doctor
+
+        return run_doctor(settings, ping_llm=args.ping_llm)
 
     from lightmem_mcp.server import build_server
 

@@ -13,13 +13,19 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from tests.openai_server import FakeLLMServer
+from tests.test_pipeline import one_fact_per_message
+
 pytestmark = pytest.mark.anyio
 
 COMMAND = str(Path(sys.executable).with_name("lightmem-mcp"))
 
 
-def server(data_dir: Path, command: str = COMMAND, args: list[str] | None = None) -> Client:
+def server(
+    data_dir: Path, command: str = COMMAND, args: list[str] | None = None, extra_env: dict[str, str] | None = None
+) -> Client:
     env = {"LIGHTMEM_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "LIGHTMEM_LOG_LEVEL": "WARNING"}
+    env.update(extra_env or {})
     return Client(StdioServerParameters(command=command, args=args or [], env=env), read_timeout_seconds=120)
 
 
@@ -76,3 +82,27 @@ async def test_acknowledged_memories_survive_a_killed_server(tmp_path: Path) -> 
         listed = await call(client, "list_memories", {"user_id": "runner"})
 
     assert sorted(source for r in listed["records"] for source in r["source_ids"]) == ["run-1", "run-2", "run-3"]
+
+
+async def test_over_stdio_flush_memory_extracts_facts_that_search_returns(
+    tmp_path: Path, llm_server: FakeLLMServer
+) -> None:
+    llm_server.script(one_fact_per_message)
+    llm = {
+        "LIGHTMEM_LLM_PROVIDER": "openai-compatible",
+        "LIGHTMEM_LLM_BASE_URL": llm_server.base_url,
+        "LIGHTMEM_LLM_MODEL": "fake-model",
+        "LIGHTMEM_LLM_RETRY_BASE_DELAY_S": "0.01",
+    }
+    async with server(tmp_path, extra_env=llm) as client:
+        await call(client, "add_memory", {"messages": TURNS, "user_id": "runner"})
+        flushed = await call(client, "flush_memory", {"user_id": "runner"})
+        found = await call(
+            client, "search_memory", {"query": "marathon", "user_id": "runner", "filters": {"kinds": ["fact"]}}
+        )
+
+    assert flushed["llm_calls"] == 1
+    assert flushed["pending_turns"] == 0
+    assert len(llm_server.requests) == 1
+    assert found["hits"][0]["text"] == "Maya said: I'm training for the Berlin marathon in September."
+    assert found["hits"][0]["source_ids"] == ["run-1"]

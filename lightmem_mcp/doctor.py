@@ -1,0 +1,80 @@
+"""`lightmem-mcp doctor`: the state of every model and backend, with what to do about each problem."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from lightmem_mcp.compressor import Compressor
+from lightmem_mcp.config import Settings
+from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.lexical import LexicalEncoder
+from lightmem_mcp.llm import LLMClient
+from lightmem_mcp.store import open_store
+from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
+
+
+class _Pong(BaseModel):
+    ok: bool
+
+
+def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
+    """Print one JSON object per component; exit 1 when memories cannot be stored or searched."""
+    failed = False
+
+    def check(name: str, essential: bool, probe: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        nonlocal failed
+        started = time.perf_counter()
+        try:
+            report = {"component": name, "ok": True, **probe()}
+        except Exception as exc:
+            report = {"component": name, "ok": False, "error": str(exc)}
+            failed = failed or essential
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        print(json.dumps(report, default=str), flush=True)
+        return report if report["ok"] else None
+
+    embedder: list[SentenceTransformerEmbedder] = []
+
+    def embedding() -> dict[str, Any]:
+        embedder.append(SentenceTransformerEmbedder(settings.embedding))
+        e = embedder[0]
+        return {"model": e.id, "dimension": e.dimension, "device": e.device, "source": e.origin}
+
+    def store() -> dict[str, Any]:
+        e = embedder[0]
+        lexical = LexicalEncoder()
+        opened = open_store(settings.store, StoreLayout(SCHEMA_VERSION, e.dimension, e.id, lexical.id))
+        try:
+            kind = "qdrant server" if settings.store.qdrant_url else "embedded qdrant edge"
+            where = settings.store.qdrant_url or str(settings.store.embedded_path)
+            return {"backend": kind, "location": where, "collection": settings.store.collection}
+        finally:
+            opened.close()
+
+    def compression() -> dict[str, Any]:
+        compressor = Compressor(settings.compression)
+        status = compressor.load()
+        return {**compressor.describe(), "ok": status != "unavailable"}
+
+    def llm() -> dict[str, Any]:
+        client = LLMClient(settings.llm)
+        report = client.describe()
+        if ping_llm and client.configured:
+            result = client.complete_json("doctor", 'Answer with the JSON object {"ok": true}.', "ping", _Pong)
+            report["ping"] = {"ok": result.value.ok, "seconds": round(result.call.seconds, 2)}
+        return report
+
+    check("embedding", True, embedding)
+    if embedder:
+        check("store", True, store)
+    check("compression", False, compression)
+    check("llm", False, llm)
+    if failed:
+        print("lightmem-mcp doctor: memories cannot be stored or searched; see the errors above", file=sys.stderr)
+    return 1 if failed else 0
