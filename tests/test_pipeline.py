@@ -243,3 +243,20 @@ def test_flushing_one_scope_leaves_other_scopes_pending(memory: Memory, llm_serv
     assert [f["source_ids"] for f in facts(memory)] == [["h1"]]
     assert memory.flush(other).pending_turns == 0
     assert sorted(s for f in facts(memory) for s in f["source_ids"]) == ["h1", "w1"]
+
+
+def test_every_llm_call_is_recorded_with_its_usage_failed_or_not(memory: Memory, llm_server: FakeLLMServer) -> None:
+    manual = Scope("maya", session_id="ledger")
+    llm_server.script(500, 500, 500, Reply.json({"facts": []}, cached_tokens=7))
+    memory.add([Message(role="user", content="Short note.", id="n1")], manual)
+
+    memory.flush(manual)  # fails after three attempts
+    memory.flush(manual)  # succeeds
+
+    ledger = [dict(p.payload) for p in memory.store.scroll(RecordFilter("maya", kinds=("llm_call",)), 10)]
+    assert sorted((entry["ok"], entry["attempts"]) for entry in ledger) == [(False, 3), (True, 1)]
+    succeeded = next(entry for entry in ledger if entry["ok"])
+    assert succeeded["purpose"] == "extraction"
+    assert succeeded["prompt_tokens"] > 0
+    assert succeeded["cached_tokens"] == 7
+    assert memory.count(manual) == 1  # ledger entries are not memories
