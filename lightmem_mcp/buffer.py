@@ -100,6 +100,13 @@ class ShortTermBuffer:
         if _tokens(self._pending(scope)) >= self._settings.buffer_tokens:
             self._schedule(scope)
 
+    def resume(self) -> None:
+        """At start: schedule the scopes whose stored pending turns already fill the buffer."""
+        if not self.active:
+            return
+        for user_id, agent_id, session_id in self._store.pending_scopes(_MAX_PENDING_READ):
+            self.notify(Scope(user_id, agent_id, session_id))
+
     def _schedule(self, scope: Scope) -> None:
         with self._guard:
             if scope in self._scheduled or time.monotonic() < self._cooldown.get(scope, 0.0):

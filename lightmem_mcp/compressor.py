@@ -226,7 +226,10 @@ class Compressor:
     def _explain(self, exc: Exception) -> str:
         if isinstance(exc, BackendUnavailable):
             return str(exc)
-        if self._source is None or self._device is None:  # the device was refused
+        if self._source is None:
+            how = _how_to_provide(self.settings.model)
+            return f"cannot find the LLMLingua-2 model ({type(exc).__name__}: {exc}); {how}"
+        if self._device is None:  # the configured device is not there
             return f"{exc}; set LIGHTMEM_COMPRESSION_DEVICE=auto or cpu"
         return (
             f"cannot load LLMLingua-2 model from {self._source.origin} ({self._source.location}) on "

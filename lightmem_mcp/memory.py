@@ -94,7 +94,9 @@ class Memory:
         store = open_store(settings.store, layout)
         compressor = Compressor(settings.compression)
         compressor.load()  # an unavailable model is reported once and compression is skipped
-        return cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
+        memory = cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
+        memory.buffer.resume()  # a restart picks up buffers that filled before it
+        return memory
 
     def close(self) -> None:
         """Let running extraction finish, then flush and release the store."""

@@ -260,3 +260,20 @@ def test_every_llm_call_is_recorded_with_its_usage_failed_or_not(memory: Memory,
     assert succeeded["prompt_tokens"] > 0
     assert succeeded["cached_tokens"] == 7
     assert memory.count(manual) == 1  # ledger entries are not memories
+
+
+def test_a_restart_resumes_buffers_that_filled_before_it(pipeline_settings: Settings, llm_server: FakeLLMServer) -> None:
+    llm_server.script(500, 500, 500)  # the background extraction before the restart fails
+    first = Memory.open(pipeline_settings)
+    first.add(messages(), USER)
+    first.buffer.drain()
+    assert facts(first) == []
+    first.close()
+
+    llm_server.script(*[one_fact_per_message] * 10)
+    second = Memory.open(pipeline_settings)  # no add, no flush: the full buffer alone triggers extraction
+    try:
+        second.buffer.drain()
+        assert facts(second) != []
+    finally:
+        second.close()

@@ -53,6 +53,9 @@ class VectorStore(Protocol):
     def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
         """Set payload fields on every match, keeping the others."""
 
+    def pending_scopes(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """(user, agent, session) of turns waiting for extraction, across users: for resuming at start."""
+
     def count(self, where: RecordFilter) -> int:
         """How many records match."""
 

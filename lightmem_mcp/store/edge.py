@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,19 @@ class EdgeStore:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.set_payload_by_filter(_filter(where), dict(values)))
 
+    def pending_scopes(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """Scopes of pending turns; the one query that crosses users, used only to resume work."""
+        flt = qe.Filter(
+            must=[
+                qe.FieldCondition("kind", match=qe.MatchValue("turn")),
+                qe.FieldCondition("stage", match=qe.MatchValue("pending")),
+            ]
+        )
+        records, _ = self._shard.scroll(
+            qe.ScrollRequest(limit=limit, filter=flt, with_payload=[TENANT_FIELD, "agent_id", "session_id"])
+        )
+        return _scopes(r.payload or {} for r in records)
+
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
         return self._shard.count(qe.CountRequest(exact=True, filter=_filter(where)))
@@ -155,6 +168,11 @@ class EdgeStore:
             self._closed = True
             self._shard.flush()
             self._shard.close()
+
+
+def _scopes(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
+    found = {(str(p[TENANT_FIELD]), p.get("agent_id"), p.get("session_id")) for p in payloads}
+    return sorted(found, key=str)
 
 
 def _vectors(point: StoredPoint) -> dict[str, Any]:

@@ -143,6 +143,27 @@ class QdrantServerStore:
             self._collection, payload=dict(values), points=qm.FilterSelector(filter=_filter(where)), wait=True
         )
 
+    def pending_scopes(self, limit: int) -> list[tuple[str, str | None, str | None]]:
+        """Scopes of pending turns; the one query that crosses users, used only to resume work."""
+        flt = qm.Filter(
+            must=[
+                qm.FieldCondition(key="kind", match=qm.MatchValue(value="turn")),
+                qm.FieldCondition(key="stage", match=qm.MatchValue(value="pending")),
+            ]
+        )
+        records, _ = self._client.scroll(
+            self._collection, scroll_filter=flt, limit=limit, with_payload=[TENANT_FIELD, "agent_id", "session_id"]
+        )
+        found = {
+            (
+                str((r.payload or {})[TENANT_FIELD]),
+                (r.payload or {}).get("agent_id"),
+                (r.payload or {}).get("session_id"),
+            )
+            for r in records
+        }
+        return sorted(found, key=str)
+
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
         return self._client.count(self._collection, count_filter=_filter(where), exact=True).count

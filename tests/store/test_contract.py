@@ -369,3 +369,81 @@ def test_an_unreachable_qdrant_server_is_reported_as_unavailable(prefer_grpc: bo
     with pytest.raises(BackendUnavailable, match="cannot reach the Qdrant server for collection 'memories'"):
         QdrantServerStore(client, "memories", LAYOUT)
     client.close()
+
+
+# -- the buffer's needs: exact scopes, stages, payload updates, vectors back -----------------
+
+
+def test_exact_scope_tells_unset_agent_and_session_apart_from_any(store: VectorStore) -> None:
+    store.upsert(
+        [
+            memory("plain"),
+            memory("agent", agent_id="coder"),
+            memory("session", session_id="s1"),
+        ]
+    )
+
+    exact = RecordFilter("alice", exact_scope=True)
+
+    assert sorted(names(store.scroll(ALICE, 10))) == ["agent", "plain", "session"]
+    assert names(store.scroll(exact, 10)) == ["plain"]
+    assert names(store.scroll(replace(exact, agent_id="coder"), 10)) == ["agent"]
+
+
+def test_set_payload_changes_only_the_matching_points_and_keeps_other_fields(store: VectorStore) -> None:
+    store.upsert(
+        [memory("a", stage="pending"), memory("b", stage="pending"), memory("b", user_id="bob", stage="pending")]
+    )
+
+    store.set_payload(replace(ALICE, ids=(record_id("a"),)), {"stage": "extracted", "topic_id": "t1"})
+
+    assert names(store.scroll(replace(ALICE, stages=("pending",)), 10)) == ["b"]
+    (done,) = store.scroll(replace(ALICE, stages=("extracted",)), 10)
+    assert (done.payload["topic_id"], done.payload["text"]) == ("t1", "note a")
+    assert names(store.scroll(RecordFilter("bob", stages=("pending",)), 10)) == ["b"]
+
+
+def test_scroll_returns_dense_vectors_on_request(store: VectorStore) -> None:
+    store.upsert([memory("a", dense=unit("a-vector"))])
+
+    (without,) = store.scroll(ALICE, 1)
+    (with_vector,) = store.scroll(ALICE, 1, with_vectors=True)
+
+    assert without.dense is None
+    assert with_vector.dense is not None
+    assert max(abs(x - y) for x, y in zip(with_vector.dense, unit("a-vector"), strict=True)) < 1e-5
+
+
+def test_facts_can_be_found_by_the_batch_turns_they_came_from(store: VectorStore) -> None:
+    store.upsert(
+        [
+            memory("f1", kind="fact", batch_turn_ids=["t1", "t2"]),
+            memory("f2", kind="fact", batch_turn_ids=["t3"]),
+        ]
+    )
+
+    assert names(store.scroll(replace(ALICE, batch_turn_ids=("t2", "t9")), 10)) == ["f1"]
+
+
+def test_vectorless_ledger_points_are_stored_and_counted_but_never_searched(store: VectorStore) -> None:
+    ledger = StoredPoint(record_id("call"), None, None, {**memory("call").payload, "kind": "llm_call"})
+    store.upsert([*conversation(), ledger])
+
+    assert store.count(replace(ALICE, kinds=("llm_call",))) == 1
+    assert "call" not in names(search(store, "note call"))
+
+
+def test_pending_scopes_lists_each_scope_with_pending_turns_once(store: VectorStore) -> None:
+    store.upsert(
+        [
+            memory("a1", stage="pending"),
+            memory("a2", stage="pending"),
+            memory("a3", stage="pending", session_id="s1"),
+            memory("b1", user_id="bob", stage="pending", agent_id="coder"),
+            memory("done", user_id="carol", stage="extracted"),
+        ]
+    )
+
+    assert sorted(store.pending_scopes(100), key=str) == sorted(
+        [("alice", None, None), ("alice", None, "s1"), ("bob", "coder", None)], key=str
+    )
