@@ -262,7 +262,9 @@ def test_every_llm_call_is_recorded_with_its_usage_failed_or_not(memory: Memory,
     assert memory.count(manual) == 1  # ledger entries are not memories
 
 
-def test_a_restart_resumes_buffers_that_filled_before_it(pipeline_settings: Settings, llm_server: FakeLLMServer) -> None:
+def test_a_restart_resumes_buffers_that_filled_before_it(
+    pipeline_settings: Settings, llm_server: FakeLLMServer
+) -> None:
     llm_server.script(500, 500, 500)  # the background extraction before the restart fails
     first = Memory.open(pipeline_settings)
     first.add(messages(), USER)
