@@ -39,6 +39,9 @@ _ARCHITECTURES: Final = {
 }
 # Model tokens kept free in each piece, should the tokenizer not be additive across a cut.
 _PIECE_MARGIN: Final = 4
+# Padded model tokens per forward pass: large enough to batch short turns, small enough that
+# one long piece does not pad many short ones.
+_BATCH_TOKENS: Final = 4096
 _SENTENCE_GAP: Final = re.compile(r"(\s*\n\s*|(?<=[.!?])\s+)")
 _WORD_GAP: Final = re.compile(r"(\s+)")
 # llmlingua maps each multi-token force token onto one of this many added tokens.
@@ -359,11 +362,9 @@ class Compressor:
             layouts = [split_for_model(text, lengths, full - 2 - _PIECE_MARGIN) for text in texts]
             pieces = [piece for layout in layouts for piece in layout]
             outputs = [""] * len(pieces)
-            # llmlingua pads every input to max_seq_len (512): most turns are far shorter, so
-            # batches of similar length, padded only to their longest piece, cost a fraction.
-            order = sorted(range(len(pieces)), key=lambda i: pieces[i].tokens)
-            for first in range(0, len(order), engine.max_batch_size):
-                batch = order[first : first + engine.max_batch_size]
+            # llmlingua pads every input to max_seq_len (512), and most turns are far shorter: so
+            # pieces go in batches of similar length, each padded only to its own longest piece.
+            for batch in _batches(pieces, engine.max_batch_size):
                 engine.max_seq_len = min(full, pieces[batch[-1]].tokens + 2 + _PIECE_MARGIN)
                 try:
                     result = engine.compress_prompt_llmlingua2(
@@ -448,6 +449,21 @@ def split_for_model(text: str, lengths: Callable[[list[str]], list[int]], budget
 def _sized(units: list[tuple[str, str]], lengths: Callable[[list[str]], list[int]]) -> list[tuple[str, str, int, int]]:
     sizes = lengths([unit for unit, _ in units] + [gap for _, gap in units])
     return [(unit, gap, sizes[i], sizes[len(units) + i]) for i, (unit, gap) in enumerate(units)]
+
+
+def _batches(pieces: list[Piece], most: int) -> list[list[int]]:
+    """Indices of `pieces`, shortest first, in batches of at most `most` and `_BATCH_TOKENS` padded tokens."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for index in sorted(range(len(pieces)), key=lambda i: pieces[i].tokens):
+        # Sorted ascending, so this piece is the longest: the batch would pad everything to it.
+        if batch and (len(batch) == most or (len(batch) + 1) * (pieces[index].tokens + 2) > _BATCH_TOKENS):
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _with_gaps(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:

@@ -143,16 +143,16 @@ class Memory:
                     ) from None
             prepared.append((message_id, message, event_time))
 
-        compressed = self.compressor.compress_many([message.content for _, message, _ in prepared])
-        dense = self.embedder.embed_documents([c.text for c in compressed])
+        shrunk = self._compress([message for _, message, _ in prepared])
+        dense = self.embedder.embed_documents([text for text, _, _, _ in shrunk])
         points = []
-        for position, ((message_id, message, event_time), vector, c) in enumerate(
-            zip(prepared, dense, compressed, strict=True)
+        for position, ((message_id, message, event_time), vector, (text, before, after, how)) in enumerate(
+            zip(prepared, dense, shrunk, strict=True)
         ):
             payload = record_payload(
                 scope,
                 "turn",
-                c.text,
+                text,
                 role=message.role,
                 speaker=message.name,
                 source_ids=[message_id],
@@ -161,17 +161,34 @@ class Memory:
             )
             payload.update(
                 original_text=message.content,
-                tokens_original=c.original_tokens,
-                tokens_compressed=c.compressed_tokens,
-                compression=c.skipped_reason or "applied",
+                tokens_original=before,
+                tokens_compressed=after,
+                compression=how,
                 stage="pending" if self.buffer.active and self.buffer.uses(message.role) else "skipped",
                 position=position,
             )
             turn_id = record_id(scope, "turn", message_id)
-            points.append(StoredPoint(turn_id, vector, self.lexical.encode_document(c.text), payload))
+            points.append(StoredPoint(turn_id, vector, self.lexical.encode_document(text), payload))
         self.store.upsert(points)
         self.buffer.notify(scope)
         return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
+
+    def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:
+        """(text, tokens before, tokens after, how) per message. Only the messages that feed
+        extraction are compressed: compression exists to cut LLM tokens, and costs a model pass."""
+        chosen = [i for i, m in enumerate(messages) if self.buffer.uses(m.role)]
+        done = dict(zip(chosen, self.compressor.compress_many([messages[i].content for i in chosen]), strict=True))
+        counts = self.compressor.counter.count_many([m.content for i, m in enumerate(messages) if i not in done])
+        rest = iter(counts)
+        shrunk: list[tuple[str, int, int, str]] = []
+        for i, message in enumerate(messages):
+            if i in done:
+                c = done[i]
+                shrunk.append((c.text, c.original_tokens, c.compressed_tokens, c.skipped_reason or "applied"))
+            else:
+                tokens = next(rest)
+                shrunk.append((message.content, tokens, tokens, "not_extracted"))
+        return shrunk
 
     def flush(self, scope: Scope) -> FlushResult:
         """Segment and extract every pending turn of exactly this scope now."""

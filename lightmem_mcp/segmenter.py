@@ -155,19 +155,13 @@ class SegmentationEncoders:
         self._embedder = embedder
         self._lock = threading.Lock()
         self._fallback: Encoder | None = None
-        self._switched: set[int] = set()
 
     def get(self) -> Encoder | None:
         """An encoder that returns attentions, loading the fallback once; None when neither exists."""
-        pair = self._compressor.encoder()
+        pair = self._compressor.encoder()  # already switched to attention-returning kernels
+        if pair is not None:
+            return Encoder(*pair)
         with self._lock:
-            if pair is not None:
-                model, tokenizer = pair
-                if id(model) not in self._switched:
-                    # SDPA kernels do not return attention weights; eager ones do.
-                    model.set_attn_implementation("eager")
-                    self._switched.add(id(model))
-                return Encoder(model, tokenizer)
             if self._fallback is None and self._embedder.location is not None:
                 self._fallback = _load_encoder(self._embedder.location, self._embedder.device)
             return self._fallback

@@ -19,11 +19,18 @@ from lightmem_mcp.memory import Memory
 from lightmem_mcp.store.edge import EdgeStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from tests.openai_server import llm_server_fixture  # noqa: F401  (the `llm_server` fixture)
+from tests.tiny_models import build_tiny_llmlingua2
 
 
 @pytest.fixture(scope="session")
 def embedder() -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder(EmbeddingSettings(device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised LLMLingua-2-shaped model: real loading and compression, meaningless output."""
+    return build_tiny_llmlingua2(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

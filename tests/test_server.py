@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 
-from lightmem_mcp.config import ServerSettings, Settings
+from lightmem_mcp.config import CompressionSettings, ServerSettings, Settings
+from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.server import MemoryProvider, build_server
+from tests.conftest import open_memory
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +152,29 @@ async def test_a_backend_that_fails_to_load_is_reported_and_retried(memory: Memo
 
     assert "open in another lightmem-mcp process" in message
     assert recovered == {"hits": []}
+
+
+async def test_compress_returns_the_compressed_text_and_its_savings(
+    settings: Settings, embedder: SentenceTransformerEmbedder, tiny_model: Path
+) -> None:
+    compressing = settings.model_copy(update={"compression": CompressionSettings(path=tiny_model, device="cpu")})
+    memory = open_memory(compressing, embedder)
+    text = "Please remember that the quarterly report for the Lisbon office is due on Friday the 14th. " * 4
+    try:
+        async with client_for(memory, compressing) as client:
+            done = await call(client, "compress", {"text": text, "rate": 0.5, "force_tokens": ["Lisbon"]})
+    finally:
+        memory.close()
+
+    assert done["original_tokens"] > done["compressed_tokens"] > 0
+    assert done["ratio"] == pytest.approx(done["compressed_tokens"] / done["original_tokens"], abs=0.01)
+    assert "Lisbon" in done["compressed_text"]
+    assert done["model"].endswith("bert-base-multilingual-cased")
+    assert done["device"] == "cpu"
+
+
+async def test_compress_without_a_model_says_how_to_provide_one(memory: Memory, settings: Settings) -> None:
+    async with client_for(memory, settings) as client:
+        message = await error_of(client, "compress", {"text": "Some text to compress " * 10})
+
+    assert "LIGHTMEM_COMPRESSION_PATH" in message
