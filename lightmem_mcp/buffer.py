@@ -95,7 +95,7 @@ class ShortTermBuffer:
 
     def notify(self, scope: Scope) -> None:
         """After an add: extract in the background once the scope's pending tokens reach the threshold."""
-        if not self.active:
+        if not self.active or not self._may_schedule(scope):
             return
         if _tokens(self._pending(scope)) >= self._settings.buffer_tokens:
             self._schedule(scope)
@@ -107,9 +107,17 @@ class ShortTermBuffer:
         for user_id, agent_id, session_id in self._store.pending_scopes(_MAX_PENDING_READ):
             self.notify(Scope(user_id, agent_id, session_id))
 
+    def _blocked(self, scope: Scope) -> bool:
+        """Already scheduled, or cooling down after a failure. The caller holds the guard."""
+        return scope in self._scheduled or time.monotonic() < self._cooldown.get(scope, 0.0)
+
+    def _may_schedule(self, scope: Scope) -> bool:
+        with self._guard:
+            return not self._blocked(scope)
+
     def _schedule(self, scope: Scope) -> None:
         with self._guard:
-            if scope in self._scheduled or time.monotonic() < self._cooldown.get(scope, 0.0):
+            if self._blocked(scope):
                 return
             self._scheduled.add(scope)
             job = self._executor.submit(self._background, scope)

@@ -40,9 +40,10 @@ T = TypeVar("T")
 
 INSTRUCTIONS = """\
 Long-term memory across conversations. Call add_memory with the messages of the conversation
-as it goes (both user and assistant turns, with their timestamps when known). Before answering
-a question that may depend on earlier conversations, call search_memory. Results carry
-source_ids: the ids of the messages they come from."""
+as it goes (both user and assistant turns, with their timestamps when known); call flush_memory
+when a conversation ends. Before answering a question that may depend on earlier conversations,
+call search_memory. Results are stored messages (kind "turn") and facts extracted from them
+(kind "fact"); source_ids name the messages each one comes from."""
 
 UserId = Annotated[str, Field(description="Whose memory. Memories never cross users.")]
 AgentId = Annotated[str | None, Field(description="Optional: narrow to one agent's memories.")]
