@@ -44,9 +44,14 @@ async def main() -> None:
     data_dir = os.environ.get("LIGHTMEM_DATA_DIR") or tempfile.mkdtemp(prefix="lightmem-demo-")
     command = str(Path(sys.executable).with_name("lightmem-mcp"))
     print(f"lightmem-mcp demo: data in {data_dir}\n")
-    params = StdioServerParameters(
-        command=command, env={"LIGHTMEM_DATA_DIR": data_dir, "LIGHTMEM_LOG_LEVEL": "WARNING"}
-    )
+    env = {
+        "LIGHTMEM_DATA_DIR": data_dir,
+        "LIGHTMEM_LOG_LEVEL": "ERROR",
+        # No LLM here, so no extraction to save tokens for: skip the 709 MB LLMLingua-2 download.
+        "LIGHTMEM_COMPRESSION_ALLOW_DOWNLOAD": "false",
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("LIGHTMEM_")})
+    params = StdioServerParameters(command=command, env=env)
     started = time.perf_counter()
     async with Client(params, read_timeout_seconds=300) as client:
         print(f"initialize answered in {time.perf_counter() - started:.2f} s")

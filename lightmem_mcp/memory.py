@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -93,7 +94,9 @@ class Memory:
         layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
         store = open_store(settings.store, layout)
         compressor = Compressor(settings.compression)
-        compressor.load()  # an unavailable model is reported once and compression is skipped
+        # The LLMLingua-2 model may take minutes to download; until it is ready, messages are
+        # stored uncompressed (marked "loading") rather than kept waiting.
+        threading.Thread(target=compressor.load, name="lightmem-compressor", daemon=True).start()
         memory = cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
         memory.buffer.resume()  # a restart picks up buffers that filled before it
         return memory
@@ -176,7 +179,8 @@ class Memory:
     def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:
         """(text, tokens before, tokens after, how) per message. Only the messages that feed
         extraction are compressed: compression exists to cut LLM tokens, and costs a model pass."""
-        chosen = [i for i, m in enumerate(messages) if self.buffer.uses(m.role)]
+        loading = self.compressor.status == "not_loaded"
+        chosen = [] if loading else [i for i, m in enumerate(messages) if self.buffer.uses(m.role)]
         done = dict(zip(chosen, self.compressor.compress_many([messages[i].content for i in chosen]), strict=True))
         counts = self.compressor.counter.count_many([m.content for i, m in enumerate(messages) if i not in done])
         rest = iter(counts)
@@ -187,7 +191,8 @@ class Memory:
                 shrunk.append((c.text, c.original_tokens, c.compressed_tokens, c.skipped_reason or "applied"))
             else:
                 tokens = next(rest)
-                shrunk.append((message.content, tokens, tokens, "not_extracted"))
+                why = "loading" if loading and self.buffer.uses(message.role) else "not_extracted"
+                shrunk.append((message.content, tokens, tokens, why))
         return shrunk
 
     def flush(self, scope: Scope) -> FlushResult:

@@ -232,6 +232,7 @@ def test_messages_that_feed_extraction_are_compressed_and_the_original_kept(
         update={"compression": CompressionSettings(path=tiny_model, device="cpu", rate=0.5, min_tokens=4)}
     )
     memory = open_memory(compressing, embedder)
+    assert memory.compressor.load() == "ready"
     long_text = "I am planning a two week trip to Japan next spring with my sister to see the cherry blossoms. " * 3
     try:
         ids = memory.add(
@@ -250,6 +251,7 @@ def test_messages_that_feed_extraction_are_compressed_and_the_original_kept(
 
 
 def test_without_the_compression_model_messages_are_stored_whole_and_marked(memory: Memory) -> None:
+    assert memory.compressor.load() == "unavailable"
     (record_id,) = memory.add(
         [Message(role="user", content="A message that is long enough to be worth compressing, in principle: " * 3)],
         ALICE,
@@ -259,3 +261,12 @@ def test_without_the_compression_model_messages_are_stored_whole_and_marked(memo
 
     assert point.payload["compression"] == "unavailable"
     assert point.payload["text"] == point.payload["original_text"]
+
+
+def test_while_the_compression_model_loads_messages_are_stored_at_once_uncompressed(memory: Memory) -> None:
+    text = "A message that is long enough to be worth compressing, in principle: " * 3
+    (record_id,) = memory.add([Message(role="user", content=text)], ALICE).ids  # the model was never loaded
+
+    (point,) = memory.store.scroll(RecordFilter("alice", ids=(record_id,)), 1)
+
+    assert (point.payload["compression"], point.payload["text"]) == ("loading", text)
