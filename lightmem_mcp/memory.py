@@ -8,6 +8,7 @@ import json
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import cast
 
@@ -208,10 +209,6 @@ class Memory:
             raise InvalidInput("text", "empty: give the text to compress")
         if len(text) > self._limits.max_message_chars:
             raise InvalidInput("text", f"longer than {self._limits.max_message_chars} characters: split it")
-        if rate is not None and not 0 < rate <= 1:
-            raise InvalidInput("rate", f"{rate} is out of range: use a share of tokens to keep, above 0 and at most 1")
-        if target_tokens is not None and target_tokens < 1:
-            raise InvalidInput("target_tokens", "must be at least 1")
         if rate is not None and target_tokens is not None:
             raise InvalidInput("target_tokens", "give either rate or target_tokens, not both")
         return self.compressor.compress(
@@ -236,7 +233,7 @@ class Memory:
             raise InvalidInput("query", f"longer than {self._limits.max_message_chars} characters: shorten it")
         self._check_limit(limit)
         where = self._where(scope, filters)
-        ranking = self._ranking if mode is None else Ranking(**{**self._ranking.__dict__, "mode": mode})
+        ranking = self._ranking if mode is None else replace(self._ranking, mode=mode)
         found = self.store.query(
             self.embedder.embed_query(query), self.lexical.encode_query(query), where, limit, ranking
         )
