@@ -178,8 +178,9 @@ class Memory:
         return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
 
     def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:
-        """(text, tokens before, tokens after, how) per message. Only the messages that feed
-        extraction are compressed: compression exists to cut LLM tokens, and costs a model pass."""
+        """(text, tokens before, tokens after, how) per message. Only messages of the roles that feed
+        extraction (`messages_use`) are compressed, LLM or not: compression exists to cut LLM
+        tokens, and costs a model pass."""
         loading = self.compressor.status == "not_loaded"
         chosen = [] if loading else [i for i, m in enumerate(messages) if self.buffer.uses(m.role)]
         done = dict(zip(chosen, self.compressor.compress_many([messages[i].content for i in chosen]), strict=True))
