@@ -230,7 +230,7 @@ class ShortTermBuffer:
         exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True)
         for segment in batch:
             ids = tuple(turn.record_id for turn in segment)
-            self._store.set_payload(_with(exact, ids=ids), {"topic_id": segment[0].topic_id})
+            self._store.set_payload(replace(exact, ids=ids), {"topic_id": segment[0].topic_id})
         try:
             drafts, call = extractor.extract(batch)
         except LLMError as exc:
@@ -238,9 +238,9 @@ class ShortTermBuffer:
             raise
         self._ledger.record(scope, call, turns=len(turns))
         points = self._fact_points(scope, drafts, turn_ids, call.call_id)
-        self._store.delete(_with(exact, kinds=("fact",), batch_turn_ids=turn_ids))
+        self._store.delete(replace(exact, kinds=("fact",), batch_turn_ids=turn_ids))
         self._store.upsert(points)
-        self._store.set_payload(_with(exact, ids=turn_ids), {"stage": "extracted", "extracted_ts": to_epoch(now())})
+        self._store.set_payload(replace(exact, ids=turn_ids), {"stage": "extracted", "extracted_ts": to_epoch(now())})
         log.info("extracted %d facts from %d turns in one call", len(points), len(turns))
         return len(points), 1
 
@@ -336,7 +336,3 @@ def _cut(turns: list[BufferedTurn], tokens_of: dict[str, int], limit: int) -> li
         pieces[-1].append(turn)
         size += count
     return pieces
-
-
-def _with(where: RecordFilter, **changes: object) -> RecordFilter:
-    return replace(where, **changes)  # type: ignore[arg-type]
