@@ -15,7 +15,6 @@ against both off.
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -41,20 +40,11 @@ from lightmem_mcp.store.edge import EdgeStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from lightmem_mcp.timestamps import parse_timestamp
 from lightmem_mcp.tokens import TokenCounter
-from tests.openai_server import ChatRequest, FakeLLMServer
+from tests.openai_server import ChatRequest, FakeLLMServer, facts_per_message
 from tests.tiny_models import build_tiny_llmlingua2
 
-_LINE = re.compile(r"^\[(\d+)\] .+? \| \w+(?: \(.+?\))?: (.*)$")
-
-
-def one_fact_per_message(request: ChatRequest) -> dict[str, Any]:
-    """A stand-in LLM: one fact per numbered message, citing it."""
-    facts = []
-    for line in request.user.splitlines():
-        match = _LINE.match(line)
-        if match:
-            facts.append({"fact": f"The user said: {match.group(2)[:200]}", "sources": [int(match.group(1))]})
-    return {"facts": facts}
+# A stand-in LLM: one fact per numbered message, citing it.
+one_fact_per_message = facts_per_message("The user said")
 
 
 def open_memory(settings: Settings, embedder: SentenceTransformerEmbedder) -> Memory:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from lightmem_mcp.config import CompressionSettings
 from lightmem_mcp.device import resolve_device
 from lightmem_mcp.errors import BackendUnavailable, InvalidInput
+from lightmem_mcp.hub import cached_snapshot, hub_offline
 from lightmem_mcp.tokens import TokenCounter, ensure_tiktoken_offline
 
 if TYPE_CHECKING:
@@ -76,21 +76,6 @@ def model_family(name: str) -> str | None:
     return next((family for family in FAMILIES if family in name), None)
 
 
-def _hub_offline() -> bool:
-    # The same variables, and the same truthy spellings, as huggingface_hub.
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hf_cache_path(model_id: str) -> str | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return str(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # not cached, or a broken cache entry: fall through to the next source
-        return None
-
-
 def _how_to_provide(model: str) -> str:
     family = model_family(model) or FAMILIES[0]
     return (
@@ -144,10 +129,10 @@ def resolve_model(settings: CompressionSettings) -> ModelSource:
             f"its name must contain {FAMILIES[0]!r} or {FAMILIES[1]!r}, e.g. "
             "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
         )
-    cached = _hf_cache_path(settings.model)
+    cached = cached_snapshot(settings.model)
     if cached is not None:
         return ModelSource(cached, "cache")
-    if settings.allow_download and not _hub_offline():
+    if settings.allow_download and not hub_offline():
         return ModelSource(settings.model, "hub")
     blocked = "HF_HUB_OFFLINE is set" if settings.allow_download else "LIGHTMEM_COMPRESSION_ALLOW_DOWNLOAD=false"
     raise BackendUnavailable(

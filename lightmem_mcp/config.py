@@ -269,15 +269,10 @@ class Settings(BaseModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
 
+# One TOML section per field of Settings, named like the field.
 _SECTIONS: dict[str, type[BaseSettings]] = {
-    "store": StoreSettings,
-    "embedding": EmbeddingSettings,
-    "search": SearchSettings,
-    "limits": LimitSettings,
-    "server": ServerSettings,
-    "compression": CompressionSettings,
-    "llm": LLMSettings,
-    "pipeline": PipelineSettings,
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Settings.model_fields.items()
 }
 
 

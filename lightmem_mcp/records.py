@@ -77,6 +77,29 @@ class RecordFilter:
     # True: agent_id / session_id of None mean "unset" rather than "any" (the buffer of one scope).
     exact_scope: bool = False
 
+    def equal(self) -> list[tuple[str, str]]:
+        """Fields that must hold exactly this value: the user, and agent / session when given."""
+        pairs = [("user_id", self.user_id), ("agent_id", self.agent_id), ("session_id", self.session_id)]
+        return [(key, value) for key, value in pairs if value is not None]
+
+    def unset(self) -> list[str]:
+        """Fields that must be empty: agent / session left out of an exact scope."""
+        if not self.exact_scope:
+            return []
+        return [key for key, value in (("agent_id", self.agent_id), ("session_id", self.session_id)) if value is None]
+
+    def any_of(self) -> list[tuple[str, list[str]]]:
+        """Fields that must hold one of several values."""
+        fields = (
+            ("kind", self.kinds),
+            ("role", self.roles),
+            ("speaker", self.speakers),
+            ("status", self.statuses),
+            ("stage", self.stages),
+            ("batch_turn_ids", self.batch_turn_ids),
+        )
+        return [(key, list(values)) for key, values in fields if values]
+
 
 @dataclass(frozen=True)
 class SparseVector:

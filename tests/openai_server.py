@@ -17,6 +17,7 @@ A request that finds the script empty gets a 500 saying so, and the fixture fail
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -57,6 +58,23 @@ class ChatRequest:
 
 
 Content = str | Mapping[str, Any] | list[Any]
+
+# One numbered message of the extraction prompt: "[3] 2024-03-10 (Sun) 09:04 | user (Ann): text".
+PROMPT_LINE = re.compile(r"^\[(\d+)\] (.+?) \| (\w+)(?: \((.+?)\))?: (.*)$")
+
+
+def prompt_messages(request: ChatRequest) -> list[tuple[int, str]]:
+    """(number, text) of each message an extraction request sent, in prompt order."""
+    return [(int(m.group(1)), m.group(5)) for m in map(PROMPT_LINE.match, request.user.splitlines()) if m]
+
+
+def facts_per_message(prefix: str) -> Callable[[ChatRequest], dict[str, Any]]:
+    """An extraction LLM that states each numbered message back as `<prefix>: <text>`, citing it."""
+
+    def answer(request: ChatRequest) -> dict[str, Any]:
+        return {"facts": [{"fact": f"{prefix}: {text}", "sources": [n]} for n, text in prompt_messages(request)]}
+
+    return answer
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ real `openai` SDK. Everything else is real (Qdrant Edge, MiniLM, the segmenter).
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,11 +17,9 @@ from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters
 from lightmem_mcp.store.edge import EdgeStore
 from tests.conftest import open_memory
-from tests.openai_server import ChatRequest, FakeLLMServer, Reply
+from tests.openai_server import ChatRequest, FakeLLMServer, Reply, facts_per_message, prompt_messages
 
 USER = Scope("maya")
-LINE = re.compile(r"^\[(\d+)\] (.+?) \| (\w+)(?: \((.+?)\))?: (.*)$")
-
 TURNS = [
     ("user", "I adopted a grey cat called Luna from the shelter last Saturday."),
     ("assistant", "How lovely! Cats from shelters are often very affectionate."),
@@ -37,15 +34,7 @@ TURNS = [
 ]
 
 
-def one_fact_per_message(request: ChatRequest) -> dict[str, Any]:
-    """An LLM that states each numbered message back as a third-person fact citing it."""
-    facts = []
-    for line in request.user.splitlines():
-        match = LINE.match(line)
-        if match:
-            number, _, _, _, text = match.groups()
-            facts.append({"fact": f"Maya said: {text}", "sources": [int(number)]})
-    return {"facts": facts}
+one_fact_per_message = facts_per_message("Maya said")
 
 
 def messages(turns: list[tuple[str, str]] = TURNS, prefix: str = "m") -> list[Message]:
@@ -61,7 +50,7 @@ def user_ids(turns: list[tuple[str, str]] = TURNS, prefix: str = "m") -> set[str
 
 def cited(request: ChatRequest) -> list[str]:
     """The message texts a request sent, in prompt order."""
-    return [m.group(5) for m in map(LINE.match, request.user.splitlines()) if m]
+    return [text for _, text in prompt_messages(request)]
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from tests.openai_server import FakeLLMServer
-from tests.test_pipeline import one_fact_per_message
+from tests.openai_server import FakeLLMServer, facts_per_message
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +86,7 @@ async def test_acknowledged_memories_survive_a_killed_server(tmp_path: Path) -> 
 async def test_over_stdio_flush_memory_extracts_facts_that_search_returns(
     tmp_path: Path, llm_server: FakeLLMServer
 ) -> None:
-    llm_server.script(one_fact_per_message)
+    llm_server.script(facts_per_message("Maya said"))
     llm = {
         "LIGHTMEM_LLM_PROVIDER": "openai-compatible",
         "LIGHTMEM_LLM_BASE_URL": llm_server.base_url,

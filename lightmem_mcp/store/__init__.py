@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from lightmem_mcp.config import SearchMode, StoreSettings
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store.schema import StoreLayout
+from lightmem_mcp.store.schema import DENSE, TENANT_FIELD, StoreLayout
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,19 @@ def effective_mode(ranking: Ranking, sparse: SparseVector) -> SearchMode | None:
     if sparse.indices or ranking.mode == "dense":
         return ranking.mode
     return "dense" if ranking.mode == "hybrid" else None
+
+
+def dense_vector(vector: object) -> list[float] | None:
+    """The dense vector out of a store's named-vector mapping, if it was returned."""
+    if isinstance(vector, dict) and DENSE in vector:
+        return [float(x) for x in vector[DENSE]]
+    return None
+
+
+def scopes_of(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
+    """The distinct (user, agent, session) scopes of some records' payloads, in a stable order."""
+    found = {(str(p[TENANT_FIELD]), p.get("agent_id"), p.get("session_id")) for p in payloads}
+    return sorted(found, key=str)
 
 
 class VectorStore(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import qdrant_edge as qe
 
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Ranking, effective_mode
+from lightmem_mcp.store import Ranking, dense_vector, effective_mode, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -126,7 +126,7 @@ class EdgeStore:
             limit=limit, filter=flt, with_payload=True, with_vector=[DENSE] if with_vectors else False, order_by=order
         )
         records, _ = self._shard.scroll(request)
-        return [FoundPoint(str(r.id), r.payload or {}, dense=_dense(r.vector)) for r in records]
+        return [FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector)) for r in records]
 
     def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
         """Set fields on every match, in one operation."""
@@ -144,7 +144,7 @@ class EdgeStore:
         records, _ = self._shard.scroll(
             qe.ScrollRequest(limit=limit, filter=flt, with_payload=[TENANT_FIELD, "agent_id", "session_id"])
         )
-        return _scopes(r.payload or {} for r in records)
+        return scopes_of(r.payload or {} for r in records)
 
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
@@ -170,11 +170,6 @@ class EdgeStore:
             self._shard.close()
 
 
-def _scopes(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
-    found = {(str(p[TENANT_FIELD]), p.get("agent_id"), p.get("session_id")) for p in payloads}
-    return sorted(found, key=str)
-
-
 def _vectors(point: StoredPoint) -> dict[str, Any]:
     vectors: dict[str, Any] = {}
     if point.dense is not None:
@@ -184,29 +179,10 @@ def _vectors(point: StoredPoint) -> dict[str, Any]:
     return vectors
 
 
-def _dense(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict) and DENSE in vector:
-        return [float(x) for x in vector[DENSE]]
-    return None
-
-
 def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
-    must: list[Any] = [qe.FieldCondition(TENANT_FIELD, match=qe.MatchValue(where.user_id))]
-    for key, value in (("agent_id", where.agent_id), ("session_id", where.session_id)):
-        if value is not None:
-            must.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
-        elif where.exact_scope:
-            must.append(qe.IsEmptyCondition(key))
-    for key, values in (
-        ("kind", where.kinds),
-        ("role", where.roles),
-        ("speaker", where.speakers),
-        ("status", where.statuses),
-        ("stage", where.stages),
-        ("batch_turn_ids", where.batch_turn_ids),
-    ):
-        if values:
-            must.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))
+    must: list[Any] = [qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in where.equal()]
+    must += [qe.IsEmptyCondition(key) for key in where.unset()]
+    must += [qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in where.any_of()]
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qe.FieldCondition("event_ts", range=qe.RangeFloat(gte=where.since_ts, lte=where.until_ts)))
     if where.ids:

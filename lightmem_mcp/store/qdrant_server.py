@@ -14,7 +14,7 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Ranking, effective_mode
+from lightmem_mcp.store import Ranking, dense_vector, effective_mode, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -135,7 +135,7 @@ class QdrantServerStore:
             with_vectors=[DENSE] if with_vectors else False,
             order_by=qm.OrderBy(key="event_ts", direction=qm.Direction.DESC, start_from=before_ts),
         )
-        return [FoundPoint(str(r.id), r.payload or {}, dense=_dense(r.vector)) for r in records]
+        return [FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector)) for r in records]
 
     def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
         """Set fields on every match."""
@@ -154,15 +154,7 @@ class QdrantServerStore:
         records, _ = self._client.scroll(
             self._collection, scroll_filter=flt, limit=limit, with_payload=[TENANT_FIELD, "agent_id", "session_id"]
         )
-        found = {
-            (
-                str((r.payload or {})[TENANT_FIELD]),
-                (r.payload or {}).get("agent_id"),
-                (r.payload or {}).get("session_id"),
-            )
-            for r in records
-        }
-        return sorted(found, key=str)
+        return scopes_of(r.payload or {} for r in records)
 
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
@@ -186,29 +178,10 @@ def _vectors(point: StoredPoint) -> dict[str, Any]:
     return vectors
 
 
-def _dense(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict) and DENSE in vector:
-        return [float(x) for x in vector[DENSE]]
-    return None
-
-
 def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
-    must: list[Any] = [qm.FieldCondition(key=TENANT_FIELD, match=qm.MatchValue(value=where.user_id))]
-    for key, value in (("agent_id", where.agent_id), ("session_id", where.session_id)):
-        if value is not None:
-            must.append(qm.FieldCondition(key=key, match=qm.MatchValue(value=value)))
-        elif where.exact_scope:
-            must.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)))
-    for key, values in (
-        ("kind", where.kinds),
-        ("role", where.roles),
-        ("speaker", where.speakers),
-        ("status", where.statuses),
-        ("stage", where.stages),
-        ("batch_turn_ids", where.batch_turn_ids),
-    ):
-        if values:
-            must.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=list(values))))
+    must: list[Any] = [qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in where.equal()]
+    must += [qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)) for key in where.unset()]
+    must += [qm.FieldCondition(key=key, match=qm.MatchAny(any=values)) for key, values in where.any_of()]
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qm.FieldCondition(key="event_ts", range=qm.Range(gte=where.since_ts, lte=where.until_ts)))
     if where.ids:
