@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -37,6 +37,7 @@ from lightmem_mcp.records import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Access = Literal["read", "write", "admin"]
 
 INSTRUCTIONS = """\
 Long-term memory across conversations. Call add_memory with the messages of the conversation
@@ -122,8 +123,15 @@ def build_server(settings: Settings, provider: MemoryProvider | None = None) -> 
 def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Settings) -> None:
     limits = settings.limits
 
-    async def run(call: Callable[[Memory], T]) -> T:
-        """Run a service call in a worker thread; domain errors become tool errors."""
+    def scope_of(user_id: str, agent_id: str | None, session_id: str | None) -> Scope:
+        """The scope a tool call acts on. (Hosted mode: the caller's tenant decides the user.)"""
+        return Scope(user_id, agent_id, session_id)
+
+    async def run(call: Callable[[Memory], T], access: Access = "read") -> T:
+        """Run a service call in a worker thread; domain errors become tool errors.
+
+        `access` is what the call needs from the caller's credentials: read, write or admin.
+        """
         try:
             memory = await provider.get()
             return await anyio.to_thread.run_sync(call, memory)
@@ -146,8 +154,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
     ) -> AddResult:
         """Store conversation messages in long-term memory. Each message is kept verbatim and is
         searchable as soon as this returns. Re-sending a message with the same id replaces it."""
-        scope = Scope(user_id, agent_id, session_id)
-        return await run(lambda m: m.add(messages, scope))
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: m.add(messages, scope), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Search memory", read_only_hint=True, idempotent_hint=True))
     async def search_memory(
@@ -162,7 +170,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
     ) -> SearchResult:
         """Search long-term memory by meaning and keywords. Returns the best matches with their
         text, time, speaker and the ids of the messages they come from."""
-        scope = Scope(user_id, agent_id, session_id)
+        scope = scope_of(user_id, agent_id, session_id)
         return await run(lambda m: m.search(query, scope, limit, filters))
 
     @server.tool(annotations=ToolAnnotations(title="Get memories", read_only_hint=True, idempotent_hint=True))
@@ -173,7 +181,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         session_id: SessionId = None,
     ) -> GetResult:
         """Read whole memory records by id, including the original message text."""
-        scope = Scope(user_id, agent_id, session_id)
+        scope = scope_of(user_id, agent_id, session_id)
         return await run(lambda m: m.get(ids, scope))
 
     @server.tool(annotations=ToolAnnotations(title="List memories", read_only_hint=True, idempotent_hint=True))
@@ -186,7 +194,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> ListResult:
         """List memory records page by page, newest event first."""
-        scope = Scope(user_id, agent_id, session_id)
+        scope = scope_of(user_id, agent_id, session_id)
         return await run(lambda m: m.list(scope, kinds, limit, cursor))
 
     @server.tool(
@@ -201,8 +209,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         session_id: SessionId = None,
     ) -> DeleteResult:
         """Permanently delete memory records by id. Ids not in this scope are reported missing."""
-        scope = Scope(user_id, agent_id, session_id)
-        return await run(lambda m: m.delete(ids, scope))
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: m.delete(ids, scope), "write")
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -216,8 +224,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         session_id: SessionId = None,
     ) -> ForgetResult:
         """Permanently delete every memory of a user, or of one agent or session of that user."""
-        scope = Scope(user_id, agent_id, session_id)
-        return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)))
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)), "write")
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -231,8 +239,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
     ) -> FlushResult:
         """Turn the scope's buffered messages into long-term facts now, instead of waiting for the
         buffer to fill (e.g. at the end of a conversation). Messages stay searchable either way."""
-        scope = Scope(user_id, agent_id, session_id)
-        return await run(lambda m: m.flush(scope))
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: m.flush(scope), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Compress text", read_only_hint=True, idempotent_hint=True))
     async def compress(
