@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import cast
 
@@ -23,6 +24,7 @@ from lightmem_mcp.config import PipelineSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.extractor import BufferedTurn, DraftFact, FactExtractor
+from lightmem_mcp.lease import Leases, LocalLeases, scope_key
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMError
@@ -76,6 +78,11 @@ class ShortTermBuffer:
         self._cooldown: dict[Scope, float] = {}
         self._jobs: set[Future[None]] = set()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lightmem-extract")
+        # Told how many facts each flush wrote (the sleep-time schedule counts them).
+        self.on_facts: Callable[[Scope, int], None] | None = None
+        # One replica at a time extracts a scope; replaced by Redis leases when replicas share a store.
+        self.leases: Leases = LocalLeases()
+        self.lease_ttl_s = 60.0
 
     @property
     def active(self) -> bool:
@@ -165,8 +172,9 @@ class ShortTermBuffer:
         """Extract the scope's pending turns: all of them when forced, else whole batches only."""
         extracted = facts = calls = 0
         error = None
-        with self._scope_lock(scope):
-            if self._extractor is not None:
+        lease = self.leases.hold(f"extract:{scope_key(scope)}", self.lease_ttl_s) if self.active else nullcontext(True)
+        with self._scope_lock(scope), lease as held:
+            if self._extractor is not None and held:
                 pending = self._pending(scope, with_vectors=True)
                 for batch in self._batches(pending, force):
                     try:
@@ -179,6 +187,8 @@ class ShortTermBuffer:
                     facts += written
                     extracted += sum(len(segment) for segment in batch)
             left = self._pending(scope)
+        if facts and self.on_facts is not None:
+            self.on_facts(scope, facts)
         return FlushResult(
             extracted_turns=extracted,
             facts=facts,
@@ -186,6 +196,7 @@ class ShortTermBuffer:
             pending_turns=len(left),
             pending_tokens=_tokens(left),
             error=error
+            or (None if held else "another replica is extracting this scope now; its turns stay pending until then")
             or (None if self.active else "no LLM configured (LIGHTMEM_LLM_PROVIDER): turns are kept as memories"),
         )
 

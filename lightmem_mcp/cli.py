@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lightmem_mcp import __version__
-from lightmem_mcp.config import load_settings
+from lightmem_mcp.config import Settings, load_settings
 from lightmem_mcp.errors import ConfigError
 
 
@@ -24,6 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio"], default="stdio", help="MCP transport.")
     doctor = commands.add_parser("doctor", help="Check every model and backend, then exit.")
     doctor.add_argument("--ping-llm", action="store_true", help="Also make one small call to the LLM.")
+    export = commands.add_parser("export", help="Write memories as JSON Lines (a scope, or everything).")
+    export.add_argument("--user", help="Only this user's points (default: every user).")
+    export.add_argument("--agent", help="Only this agent of --user.")
+    export.add_argument("--session", help="Only this session of --user.")
+    export.add_argument("--vectors", action="store_true", help="Include dense vectors (else re-embedded on import).")
+    export.add_argument("--output", default="-", help="File to write, or - for stdout (the default).")
+    restore = commands.add_parser("import", help="Restore an export (same ids: importing twice changes nothing).")
+    restore.add_argument("file", help="The export file, or - for stdin.")
     return parser
 
 
@@ -51,8 +59,67 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_doctor(settings, ping_llm=args.ping_llm)
 
+    if args.command in ("export", "import"):
+        return _transfer(args, settings)
+
     from lightmem_mcp.server import build_server
 
     server = build_server(settings)
     server.run("stdio")
+    return 0
+
+
+def _transfer(args: argparse.Namespace, settings: Settings) -> int:
+    """`export` / `import`: open the store without background work, move the points, report on stderr."""
+    from lightmem_mcp.errors import InvalidInput, LightMemError
+    from lightmem_mcp.memory import Memory
+    from lightmem_mcp.records import Scope
+
+    if args.command == "export" and args.user is None and (args.agent or args.session):
+        print("lightmem-mcp export: --agent and --session narrow a --user; give --user too", file=sys.stderr)
+        return 2
+    try:
+        memory = Memory.open_idle(settings)
+    except LightMemError as exc:
+        print(f"lightmem-mcp {args.command}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "export":
+            scope = None if args.user is None else Scope(args.user, args.agent, args.session)
+            if args.output == "-":
+                done = memory.export_records(sys.stdout, scope, vectors=args.vectors)
+            else:
+                # Written beside the target and renamed, so a failed export never leaves half a file.
+                target = Path(args.output)
+                partial = target.with_name(f".{target.name}.partial")
+                try:
+                    with open(partial, "w", encoding="utf-8", newline="\n") as out:
+                        done = memory.export_records(out, scope, vectors=args.vectors)
+                    partial.replace(target)
+                finally:
+                    partial.unlink(missing_ok=True)
+            kinds = ", ".join(f"{n} {kind}" for kind, n in done.by_kind.items()) or "nothing"
+            print(f"lightmem-mcp export: {done.points} points ({kinds}) to {args.output}", file=sys.stderr)
+        else:
+            if args.file == "-":
+                result = memory.import_records(sys.stdin)
+            else:
+                with open(args.file, encoding="utf-8") as source:
+                    result = memory.import_records(source)
+            print(
+                f"lightmem-mcp import: {result.points} points from {args.file} "
+                f"({result.embedded} embedded here, {result.vectors_kept} vectors kept)",
+                file=sys.stderr,
+            )
+    except OSError as exc:
+        print(f"lightmem-mcp {args.command}: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except InvalidInput as exc:
+        print(f"lightmem-mcp {args.command} refused, nothing written: {exc}", file=sys.stderr)
+        return 1
+    except LightMemError as exc:
+        print(f"lightmem-mcp {args.command} failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        memory.close()
     return 0

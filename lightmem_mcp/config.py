@@ -6,14 +6,17 @@ the defaults below. Every problem is reported at start with the env var that fix
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lightmem_mcp.errors import ConfigError
 
@@ -256,6 +259,242 @@ class PipelineSettings(BaseSettings):
     )
 
 
+class ConsolidationSettings(BaseSettings):
+    """Sleep-time update: newer facts update or supersede the older facts they are most like."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_CONSOLIDATION_", extra="forbid")
+
+    top_k: int = Field(default=20, ge=1, le=200, description="Older facts retrieved per newer fact.")
+    keep_top_n: int = Field(default=10, ge=1, le=200, description="Newer facts kept per older fact (best first).")
+    score_threshold: float = Field(
+        default=0.8, ge=-1, le=1, description="Least cosine similarity for a newer fact to update an older one."
+    )
+    targets_per_call: int = Field(
+        default=8, ge=1, le=64, description="Older facts decided in one LLM call (1: one call per fact)."
+    )
+
+
+class SummarySettings(BaseSettings):
+    """Summaries of a session, a time window or a topic."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SUMMARY_", extra="forbid")
+
+    max_tokens: int = Field(default=300, ge=32, le=4000, description="Length budget of one summary.")
+    max_entries: int = Field(
+        default=200, ge=1, le=5000, description="Most memories read per window (the newest are kept)."
+    )
+    seeds: int = Field(
+        default=5, ge=0, le=50, description="Related earlier memories given as context (cross-event seeds)."
+    )
+
+
+class SleepSettings(BaseSettings):
+    """The optional sleep-time schedule: consolidate and summarize in the background."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SLEEP_", extra="forbid")
+
+    interval_minutes: float = Field(default=0, ge=0, description="Run every this many minutes; 0 turns it off.")
+    after_facts: int = Field(default=0, ge=0, description="Also run for a scope after this many new facts; 0: off.")
+    summarize: bool = Field(default=True, description="Also summarize each day with new facts.")
+
+
+class ModelPrice(BaseModel):
+    """What one model costs per 1M tokens, as its provider bills it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_cache_miss: float = Field(ge=0, description="Per 1M prompt tokens not served from the provider's cache.")
+    input_cache_hit: float = Field(ge=0, description="Per 1M prompt tokens served from the cache.")
+    output: float = Field(ge=0, description="Per 1M completion tokens.")
+    currency: str | None = Field(
+        default=None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code; default LIGHTMEM_PRICE_CURRENCY."
+    )
+
+
+# Official list prices, peak-hour where a provider has two (see the README's "Cost accounting").
+# Keys are `<provider>/<model>` as the usage ledger records them; lookups ignore case.
+DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
+    {
+        # DeepSeek, https://api-docs.deepseek.com/quick_start/pricing (read 2026-11-27): peak rates;
+        # off-peak is half. deepseek-v4-flash is a legacy name billed at the deepseek-flash price.
+        "deepseek/deepseek-flash": ModelPrice(
+            input_cache_miss=0.30, input_cache_hit=0.006, output=1.20, currency="USD"
+        ),
+        "deepseek/deepseek-v4-flash": ModelPrice(
+            input_cache_miss=0.30, input_cache_hit=0.006, output=1.20, currency="USD"
+        ),
+        "deepseek/deepseek-v4-pro": ModelPrice(
+            input_cache_miss=1.32, input_cache_hit=0.044, output=3.96, currency="USD"
+        ),
+        # Huawei Cloud ModelArts Studio (MaaS), CN-Hong Kong,
+        # https://support.huaweicloud.com/intl/en-us/price-modelarts/price-modelarts-0047.html (page of
+        # 2025-10-14, read 2026-11-27): USD per 1,000 tokens there, no separate cache-hit price.
+        "huawei-maas/deepseek-v3.1": ModelPrice(
+            input_cache_miss=0.539, input_cache_hit=0.539, output=1.617, currency="USD"
+        ),
+        "huawei-maas/qwen3-32b": ModelPrice(input_cache_miss=0.27, input_cache_hit=0.27, output=1.078, currency="USD"),
+    }
+)
+
+
+class PriceSettings(BaseSettings):
+    """Prices per 1M tokens for the `stats` tool's cost estimates."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_PRICE_", extra="forbid")
+
+    # NoDecode: the validator below parses the env var's JSON, with an error naming the variable.
+    table: Annotated[dict[str, ModelPrice], NoDecode] = Field(
+        default_factory=dict,
+        description="Prices by `<provider>/<model>` (or `<model>` for any provider), over the built-in table.",
+    )
+    currency: str = Field(
+        default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency of table entries that name none."
+    )
+
+    @field_validator("table", mode="before")
+    @classmethod
+    def _json_table(cls, value: object) -> object:
+        # An env var holds the table as JSON text; the TOML file gives a table directly.
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"not JSON ({exc.msg}); write e.g. "
+                '{"deepseek/deepseek-flash": {"input_cache_miss": 0.3, "input_cache_hit": 0.006, "output": 1.2}}'
+            ) from None
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> PriceSettings:
+        seen: dict[str, str] = {}
+        for key in self.table:
+            if not key.strip() or key != key.strip():
+                raise ValueError(f"price table key {key!r}: use `<provider>/<model>` or `<model>`, no blanks")
+            if key.lower() in seen:
+                raise ValueError(f"price table keys {seen[key.lower()]!r} and {key!r} differ only in case")
+            seen[key.lower()] = key
+        return self
+
+    def price_of(self, provider: str, model: str) -> tuple[ModelPrice, str] | None:
+        """The price of `model` at `provider` and its currency: own table first, then the built-in one."""
+        for table in (self.table, DEFAULT_PRICES):
+            lowered = {key.lower(): price for key, price in table.items()}
+            for key in (f"{provider}/{model}".lower(), model.lower()):
+                if key in lowered:
+                    price = lowered[key]
+                    return price, price.currency or self.currency
+        return None
+
+
+AuthMode = Literal["tokens", "jwt", "none"]
+
+
+def _listed(value: object) -> object:
+    """A list given as text (an env var): JSON (`["a", "b"]`) or comma-separated (`a,b`)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg}); or write the items comma-separated") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _check_url(name: str, url: str | None) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError(f"{name}={url!r} is not an http:// or https:// URL")
+
+
+class HttpSettings(BaseSettings):
+    """Serving over streamable HTTP or SSE (`lightmem-mcp serve --transport http|sse`)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_HTTP_", extra="forbid")
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 for all interfaces.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port to bind.")
+    public_url: str | None = Field(
+        default=None, description="Base URL clients use (behind a load balancer); default http://<host>:<port>."
+    )
+    # NoDecode: `_listed` reads JSON or comma-separated text, with an error naming the variable.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host headers accepted besides the bound address, localhost and public_url's host.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origin headers accepted besides localhost and public_url."
+    )
+    dns_rebinding_protection: bool = Field(default=True, description="Refuse requests whose Host / Origin is unknown.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body; a larger one gets 413."
+    )
+    shutdown_timeout_s: float = Field(
+        default=25.0, ge=0, description="On SIGTERM, how long in-flight calls get to finish."
+    )
+
+    _lists = field_validator("allowed_hosts", "allowed_origins", mode="before")(_listed)
+
+    @model_validator(mode="after")
+    def _urls(self) -> HttpSettings:
+        _check_url("LIGHTMEM_HTTP_PUBLIC_URL", self.public_url)
+        return self
+
+
+class AuthSettings(BaseSettings):
+    """Who may call the HTTP transports, and which tenant each caller acts for."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_AUTH_", extra="forbid")
+
+    mode: AuthMode = Field(default="tokens", description="tokens, jwt, or none (local use only).")
+    tokens_file: Path | None = Field(default=None, description="JSON lines of hashed tokens, tenants and scopes.")
+    tokens: SecretStr | None = Field(default=None, description="The same JSON lines, in the env var.")
+    jwks_url: str | None = Field(default=None, description="JWKS URL of the identity provider (jwt mode).")
+    issuer: str | None = Field(default=None, description="Expected `iss` of tokens (jwt mode).")
+    audience: str | None = Field(default=None, description="Expected `aud` of tokens (jwt mode).")
+    tenant_claim: str = Field(default="sub", min_length=1, description="JWT claim naming the tenant.")
+    scope_prefix: str = Field(default="", description="Prefix of this server's scopes in JWTs, e.g. 'lightmem:'.")
+    required_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Scopes every request needs (else HTTP 403)."
+    )
+    resource_url: str | None = Field(
+        default=None, description="Protected resource id in the metadata; default <public_url>/mcp (or /sse)."
+    )
+    jwks_cache_s: float = Field(default=300.0, gt=0, description="How long fetched signing keys are reused.")
+
+    _lists = field_validator("required_scopes", mode="before")(_listed)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthSettings:
+        if self.mode == "jwt":
+            missing = [
+                env
+                for env, value in (
+                    ("LIGHTMEM_AUTH_JWKS_URL", self.jwks_url),
+                    ("LIGHTMEM_AUTH_ISSUER", self.issuer),
+                    ("LIGHTMEM_AUTH_AUDIENCE", self.audience),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"LIGHTMEM_AUTH_MODE=jwt also needs {', '.join(missing)}")
+        _check_url("LIGHTMEM_AUTH_JWKS_URL", self.jwks_url)
+        _check_url("LIGHTMEM_AUTH_RESOURCE_URL", self.resource_url)
+        return self
+
+
+class LeaseSettings(BaseSettings):
+    """Leases that let one replica at a time extract (or consolidate) a scope."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_", extra="forbid")
+
+    redis_url: SecretStr | None = Field(
+        default=None, description="Redis shared by the replicas, e.g. redis://redis:6379/0; unset: in-process leases."
+    )
+    lease_ttl_s: float = Field(default=60.0, ge=1, description="Lease lifetime; renewed while the work runs.")
+
+
 class Settings(BaseModel):
     """All settings, one field per concern."""
 
@@ -267,6 +506,13 @@ class Settings(BaseModel):
     compression: CompressionSettings = Field(default_factory=CompressionSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
+    summary: SummarySettings = Field(default_factory=SummarySettings)
+    sleep: SleepSettings = Field(default_factory=SleepSettings)
+    price: PriceSettings = Field(default_factory=PriceSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    leases: LeaseSettings = Field(default_factory=LeaseSettings)
 
 
 # One TOML section per field of Settings, named like the field.

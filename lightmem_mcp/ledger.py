@@ -6,10 +6,15 @@ removes a user's usage together with their memories.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from lightmem_mcp.llm import LLMCall
 from lightmem_mcp.records import Scope, StoredPoint, record_id
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import now
+
+log = logging.getLogger(__name__)
 
 LEDGER_KIND = "llm_call"
 
@@ -19,9 +24,19 @@ class UsageLedger:
 
     def __init__(self, store: VectorStore) -> None:
         self._store = store
+        self._listeners: list[Callable[[LLMCall], None]] = []
+
+    def listen(self, listener: Callable[[LLMCall], None]) -> None:
+        """Also hand every call to `listener` (the HTTP server's metrics), before it is persisted."""
+        self._listeners.append(listener)
 
     def record(self, scope: Scope, call: LLMCall, *, turns: int = 0) -> None:
         """Persist one call, successful or not."""
+        for listener in self._listeners:
+            try:
+                listener(call)
+            except Exception:  # accounting must never fail the work it accounts for
+                log.exception("LLM usage listener failed")
         recorded_at = now()
         payload: dict[str, object] = {
             "user_id": scope.user_id,

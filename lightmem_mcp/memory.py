@@ -10,13 +10,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import cast
+from typing import TextIO, cast
 
 from lightmem_mcp.buffer import FlushResult, ShortTermBuffer
 from lightmem_mcp.compressor import Compression, Compressor
 from lightmem_mcp.config import SearchMode, Settings
+from lightmem_mcp.consolidate import ConsolidateResult, Consolidator, HistoryEntry, HistoryResult, Progress
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
-from lightmem_mcp.errors import InvalidInput
+from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.extractor import FactExtractor
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
@@ -41,11 +42,16 @@ from lightmem_mcp.records import (
     record_payload,
 )
 from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
+from lightmem_mcp.sleep import SleepSchedule
+from lightmem_mcp.stats import StatsResult, collect_stats
 from lightmem_mcp.store import Ranking, VectorStore, open_store
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
+from lightmem_mcp.summarize import Summarizer, SummarizeResult, Window
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
+from lightmem_mcp.transfer import ExportResult, ImportResult, export_points, import_points
 
 _MAX_SCOPE_ID = 256
+_MAX_VERSIONS = 100
 
 
 class Memory:
@@ -78,6 +84,12 @@ class Memory:
             FactExtractor(self.llm) if self.llm.configured else None,
             self.ledger,
         )
+        self.consolidator = Consolidator(settings.consolidation, store, embedder, lexical, self.llm, self.ledger)
+        self.summarizer = Summarizer(
+            settings.summary, store, embedder, lexical, self.llm, self.ledger, self.compressor.counter
+        )
+        self.sleep = SleepSchedule(settings.sleep, store, self.consolidator, self.summarizer)
+        self.buffer.on_facts = self.sleep.facts_written
         search = settings.search
         self._ranking = Ranking(
             mode=search.mode,
@@ -100,10 +112,13 @@ class Memory:
         threading.Thread(target=compressor.load, name="lightmem-compressor", daemon=True).start()
         memory = cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
         memory.buffer.resume()  # a restart picks up buffers that filled before it
+        if memory.llm.configured:
+            memory.sleep.start()
         return memory
 
     def close(self) -> None:
-        """Let running extraction finish, then flush and release the store."""
+        """Let running extraction and sleep-time work finish, then flush and release the store."""
+        self.sleep.close()
         self.buffer.close()
         self.store.close()
 
@@ -202,6 +217,81 @@ class Memory:
         _check_scope(scope)
         return self.buffer.flush(scope, force=True)
 
+    # -- sleep time ----------------------------------------------------------------------
+
+    def consolidate(
+        self,
+        scope: Scope | None,
+        since: str | None = None,
+        until: str | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> ConsolidateResult:
+        """Let newer facts update or supersede older ones, for one scope or (None) every user."""
+        if scope is not None:
+            _check_scope(scope)
+        since_ts, until_ts = _time_range(since, until)
+        return self.consolidator.run(scope, since_ts=since_ts, until_ts=until_ts, dry_run=dry_run, progress=progress)
+
+    def summarize(
+        self,
+        scope: Scope,
+        window: Window = "all",
+        since: str | None = None,
+        until: str | None = None,
+        topic: str | None = None,
+        progress: Progress | None = None,
+    ) -> SummarizeResult:
+        """Write one summary record per window (session, day, week or all) of the scope's memories."""
+        _check_scope(scope)
+        since_ts, until_ts = _time_range(since, until)
+        if topic is not None and not topic.strip():
+            raise InvalidInput("topic", "empty: omit it or name what to summarize")
+        result = self.summarizer.run(
+            scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, progress=progress
+        )
+        if not result.summaries and result.error is None:
+            raise InvalidInput(
+                "scope",
+                "nothing to summarize: no memories in this scope and time range" + (" on this topic" if topic else ""),
+            )
+        return result
+
+    def history(self, record: str, scope: Scope) -> HistoryResult:
+        """Every version of a memory: what it said, what replaced it, when and why."""
+        found = self._fetch([record], scope)
+        if record not in found:
+            raise NotFound(f"no memory {record!r} in this scope (record)")
+        versions = dict(found)
+        frontier = [record]
+        while frontier and len(versions) < _MAX_VERSIONS:
+            payloads = [versions[i].payload for i in frontier]
+            linked = {str(i) for p in payloads for i in cast(list[str], p.get("supersedes") or [])}
+            linked |= {str(p["superseded_by"]) for p in payloads if p.get("superseded_by")}
+            where = RecordFilter(scope.user_id, kinds=KINDS, superseded_by=tuple(frontier))
+            replaced = {p.id: p for p in self.store.scroll(where, _MAX_VERSIONS)}
+            linked -= versions.keys()
+            fetched = (
+                self.store.scroll(RecordFilter(scope.user_id, kinds=KINDS, ids=tuple(linked)), _MAX_VERSIONS)
+                if linked
+                else []
+            )
+            fresh = {p.id: p for p in [*fetched, *replaced.values()] if p.id not in versions}
+            versions.update(fresh)
+            frontier = list(fresh)
+        changes: dict[tuple[str, str, str], HistoryEntry] = {}
+        for point in versions.values():
+            for raw in cast(list[dict[str, object]], point.payload.get("history") or []):
+                if raw.get("action") in ("update", "delete"):
+                    entry = HistoryEntry.model_validate(raw)
+                    changes[(entry.action, entry.target_id, entry.new_id)] = entry
+        ordered = sorted(versions.values(), key=lambda p: (float(cast(float, p.payload["created_ts"])), p.id))
+        return HistoryResult(
+            id=record,
+            versions=[_record(p) for p in ordered],
+            changes=sorted(changes.values(), key=lambda e: e.time),
+        )
+
     def compress(
         self, text: str, rate: float | None = None, target_tokens: int | None = None, force_tokens: Sequence[str] = ()
     ) -> Compression:
@@ -249,9 +339,14 @@ class Memory:
         )
 
     def list(
-        self, scope: Scope, kinds: Sequence[Kind] | None = None, limit: int = 20, cursor: str | None = None
+        self,
+        scope: Scope,
+        kinds: Sequence[Kind] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_superseded: bool = False,
     ) -> ListResult:
-        """One page of records, newest event first."""
+        """One page of records, newest event first; superseded facts only when asked."""
         _check_scope(scope)
         self._check_limit(limit)
         before_ts, skip = _decode_cursor(cursor) if cursor else (None, [])
@@ -260,6 +355,7 @@ class Memory:
             agent_id=scope.agent_id,
             session_id=scope.session_id,
             kinds=tuple(kinds or KINDS),
+            statuses=() if include_superseded else ("active",),
         )
         page = self.store.scroll(where, limit + 1, before_ts, skip)
         more = len(page) > limit
@@ -328,18 +424,7 @@ class Memory:
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
         filters = filters or SearchFilters()
-        bounds: list[float | None] = []
-        for name in ("since", "until"):
-            value = getattr(filters, name)
-            if value is None:
-                bounds.append(None)
-                continue
-            try:
-                bounds.append(to_epoch(parse_timestamp(value)))
-            except ValueError:
-                raise InvalidInput(f"filters.{name}", f"{value!r} is not a time; use {ACCEPTED}") from None
-        if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-            raise InvalidInput("filters.since", "is after filters.until: swap them")
+        bounds = _time_range(filters.since, filters.until, "filters.")
         return RecordFilter(
             user_id=scope.user_id,
             agent_id=scope.agent_id,
@@ -347,7 +432,7 @@ class Memory:
             kinds=tuple(filters.kinds or ()),
             roles=tuple(filters.roles or ()),
             speakers=tuple(filters.speakers or ()),
-            statuses=("active",),
+            statuses=("active", "superseded") if filters.include_superseded else ("active",),
             since_ts=bounds[0],
             until_ts=bounds[1],
         )
@@ -357,6 +442,35 @@ class Memory:
             raise InvalidInput(
                 "limit", f"{limit} is out of range: use 1 to {self._limits.max_results} (LIGHTMEM_MAX_RESULTS)"
             )
+
+    # -- accounting and transfer ---------------------------------------------------------
+
+    @classmethod
+    def open_idle(cls, settings: Settings) -> Memory:
+        """The embedder and the store only: no compressor load, no background extraction or sleep-time
+        work. For export, import and other offline maintenance."""
+        embedder = SentenceTransformerEmbedder(settings.embedding)
+        lexical = LexicalEncoder()
+        layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
+        return cls(settings, embedder, open_store(settings.store, layout), lexical)
+
+    def stats(self, scope: Scope) -> StatsResult:
+        """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
+        _check_scope(scope)
+        return collect_stats(self.store, scope, self._settings.price, self.compressor.counter)
+
+    def export_records(self, out: TextIO, scope: Scope | None = None, vectors: bool = False) -> ExportResult:
+        """Write the scope's points (every point when `scope` is None) as JSON Lines to `out`."""
+        if scope is not None:
+            _check_scope(scope)
+        return export_points(self.store, self._layout(), out, scope, vectors)
+
+    def import_records(self, source: TextIO) -> ImportResult:
+        """Restore an export: validated whole first, then upserted with the same ids, re-embedded when needed."""
+        return import_points(self.store, self.embedder, self.lexical, source)
+
+    def _layout(self) -> StoreLayout:
+        return StoreLayout(SCHEMA_VERSION, self.embedder.dimension, self.embedder.id, self.lexical.id)
 
 
 def _check_scope(scope: Scope) -> None:
@@ -370,6 +484,22 @@ def _check_scope(scope: Scope) -> None:
             raise InvalidInput(name, f"must be at most {_MAX_SCOPE_ID} printable characters")
 
 
+def _time_range(since: str | None, until: str | None, prefix: str = "") -> tuple[float | None, float | None]:
+    """Epoch bounds from optional ISO times, with an error naming the field."""
+    bounds: list[float | None] = []
+    for name, value in (("since", since), ("until", until)):
+        if value is None:
+            bounds.append(None)
+            continue
+        try:
+            bounds.append(to_epoch(parse_timestamp(value)))
+        except ValueError:
+            raise InvalidInput(f"{prefix}{name}", f"{value!r} is not a time; use {ACCEPTED}") from None
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+        raise InvalidInput(f"{prefix}since", f"is after {prefix}until: swap them")
+    return bounds[0], bounds[1]
+
+
 def _event_ts(point: FoundPoint) -> float:
     return float(cast(float, point.payload["event_ts"]))
 
@@ -381,6 +511,7 @@ def _record(point: FoundPoint) -> MemoryRecord:
             "id": point.id,
             "kind": p["kind"],
             "status": p["status"],
+            "superseded_by": p.get("superseded_by"),
             "text": p["text"],
             "original_text": p.get("original_text"),
             "role": p.get("role"),

@@ -56,6 +56,9 @@ class SearchFilters(BaseModel):
     speakers: list[str] | None = Field(default=None, description="Only memories from these speaker names.")
     since: str | None = Field(default=None, description="Only events at or after this time (ISO 8601).")
     until: str | None = Field(default=None, description="Only events at or before this time (ISO 8601).")
+    include_superseded: bool = Field(
+        default=False, description="Also facts that newer facts updated or contradicted (see memory_history)."
+    )
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class RecordFilter:
     ids: tuple[str, ...] = ()
     stages: tuple[str, ...] = ()
     batch_turn_ids: tuple[str, ...] = ()
+    superseded_by: tuple[str, ...] = ()
     # True: agent_id / session_id of None mean "unset" rather than "any" (the buffer of one scope).
     exact_scope: bool = False
 
@@ -97,6 +101,7 @@ class RecordFilter:
             ("status", self.statuses),
             ("stage", self.stages),
             ("batch_turn_ids", self.batch_turn_ids),
+            ("superseded_by", self.superseded_by),
         )
         return [(key, list(values)) for key, values in fields if values]
 
@@ -134,7 +139,8 @@ class MemoryRecord(BaseModel):
 
     id: str = Field(description="Record id, for get_memory / delete_memory.")
     kind: Kind = Field(description="turn (a stored message), fact (extracted) or summary.")
-    status: Status
+    status: Status = Field(description="active, or superseded by a newer fact (see superseded_by).")
+    superseded_by: str | None = Field(default=None, description="The record that replaced this one.")
     text: str = Field(description="The memory text.")
     original_text: str | None = Field(default=None, description="For turns: the message exactly as sent.")
     role: Role | None = None

@@ -10,14 +10,18 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Literal, TypeVar
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from lightmem_mcp import __version__
+from lightmem_mcp.auth import Forbidden, acting_user, check_access
 from lightmem_mcp.buffer import FlushResult
 from lightmem_mcp.config import Settings
+from lightmem_mcp.consolidate import ConsolidateResult, HistoryResult, Progress
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import (
@@ -33,6 +37,8 @@ from lightmem_mcp.records import (
     SearchFilters,
     SearchResult,
 )
+from lightmem_mcp.stats import StatsResult
+from lightmem_mcp.summarize import SummarizeResult, Window
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,20 @@ class MemoryProvider:
             await anyio.to_thread.run_sync(memory.close)
 
 
-def build_server(settings: Settings, provider: MemoryProvider | None = None) -> MCPServer:
-    """The MCP server with every tool registered over one `MemoryProvider`."""
+def build_server(
+    settings: Settings,
+    provider: MemoryProvider | None = None,
+    *,
+    auth: AuthSettings | None = None,
+    token_verifier: TokenVerifier | None = None,
+    close_on_exit: bool = True,
+) -> MCPServer:
+    """The MCP server with every tool registered over one `MemoryProvider`.
+
+    `auth` and `token_verifier` protect the HTTP transports (see `hosted.py`). The SSE transport
+    enters the lifespan once per connection, so the HTTP app passes `close_on_exit=False` and
+    closes the provider itself, once, at shutdown.
+    """
     memory_provider = provider or MemoryProvider(settings)
 
     @asynccontextmanager
@@ -107,7 +125,8 @@ def build_server(settings: Settings, provider: MemoryProvider | None = None) -> 
         try:
             yield memory_provider
         finally:
-            await memory_provider.close()
+            if close_on_exit:
+                await memory_provider.close()
 
     server = MCPServer(
         "lightmem-mcp",
@@ -115,6 +134,8 @@ def build_server(settings: Settings, provider: MemoryProvider | None = None) -> 
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.server.log_level,
+        auth=auth,
+        token_verifier=token_verifier,
     )
     _register_tools(server, memory_provider, settings)
     return server
@@ -124,8 +145,11 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
     limits = settings.limits
 
     def scope_of(user_id: str, agent_id: str | None, session_id: str | None) -> Scope:
-        """The scope a tool call acts on. (Hosted mode: the caller's tenant decides the user.)"""
-        return Scope(user_id, agent_id, session_id)
+        """The scope a tool call acts on: with an access token (HTTP), the user is the token's tenant."""
+        try:
+            return Scope(acting_user(user_id), agent_id, session_id)
+        except Forbidden as exc:
+            raise ToolError(str(exc)) from exc
 
     async def run(call: Callable[[Memory], T], access: Access = "read") -> T:
         """Run a service call in a worker thread; domain errors become tool errors.
@@ -133,6 +157,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         `access` is what the call needs from the caller's credentials: read, write or admin.
         """
         try:
+            check_access(access)
             memory = await provider.get()
             return await anyio.to_thread.run_sync(call, memory)
         except LightMemError as exc:
@@ -192,10 +217,13 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         kinds: Annotated[list[Kind] | None, Field(description="Only these kinds: turn, fact, summary.")] = None,
         limit: Annotated[int, Field(description=f"Page size, 1 to {limits.max_results}.")] = 20,
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+        include_superseded: Annotated[
+            bool, Field(description="Also facts that newer facts updated or contradicted.")
+        ] = False,
     ) -> ListResult:
         """List memory records page by page, newest event first."""
         scope = scope_of(user_id, agent_id, session_id)
-        return await run(lambda m: m.list(scope, kinds, limit, cursor))
+        return await run(lambda m: m.list(scope, kinds, limit, cursor, include_superseded))
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -242,6 +270,67 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         scope = scope_of(user_id, agent_id, session_id)
         return await run(lambda m: m.flush(scope), "write")
 
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Consolidate memory", read_only_hint=False, destructive_hint=False, idempotent_hint=True
+        )
+    )
+    async def consolidate(
+        ctx: Context,
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+        since: Annotated[str | None, Field(description="Only facts from this time on (ISO 8601).")] = None,
+        until: Annotated[str | None, Field(description="Only facts up to this time (ISO 8601).")] = None,
+        dry_run: Annotated[bool, Field(description="Report what would change and change nothing.")] = False,
+        all_users: Annotated[
+            bool, Field(description="Every user's memory instead of one scope (needs the admin scope when hosted).")
+        ] = False,
+    ) -> ConsolidateResult:
+        """Let newer facts update older ones: details are merged into a new version, and facts a newer
+        one contradicts are superseded. Nothing is deleted: superseded facts drop out of search and
+        keep their history (memory_history). Uses the LLM, a few facts per call."""
+        scope = None if all_users else scope_of(user_id, agent_id, session_id)
+        report = _progress_reporter(ctx)
+        return await run(
+            lambda m: m.consolidate(scope, since, until, dry_run, report), "admin" if all_users else "write"
+        )
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Summarize memory", read_only_hint=False, destructive_hint=False, idempotent_hint=True
+        )
+    )
+    async def summarize(
+        ctx: Context,
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+        window: Annotated[Window, Field(description="One summary for all, or one per session, day or week.")] = "all",
+        since: Annotated[str | None, Field(description="Only memories from this time on (ISO 8601).")] = None,
+        until: Annotated[str | None, Field(description="Only memories up to this time (ISO 8601).")] = None,
+        topic: Annotated[str | None, Field(description="Only memories about this, e.g. 'travel plans'.")] = None,
+    ) -> SummarizeResult:
+        """Summarize a scope's memories (facts, or messages where no facts exist yet) per window and
+        store each summary as a searchable 'summary' memory citing its sources. Summarizing the same
+        window again replaces its summary. Uses one LLM call per window; without an LLM the summary
+        is extractive (its most central sentences)."""
+        scope = scope_of(user_id, agent_id, session_id)
+        report = _progress_reporter(ctx)
+        return await run(lambda m: m.summarize(scope, window, since, until, topic, report), "write")
+
+    @server.tool(annotations=ToolAnnotations(title="Memory history", read_only_hint=True, idempotent_hint=True))
+    async def memory_history(
+        id: Annotated[str, Field(description="A record id, e.g. from search_memory or list_memories.")],
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> HistoryResult:
+        """Every version of a memory: what it said before, what replaced it, when, why, and which
+        newer facts it rests on."""
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: m.history(id, scope))
+
     @server.tool(annotations=ToolAnnotations(title="Compress text", read_only_hint=True, idempotent_hint=True))
     async def compress(
         text: Annotated[str, Field(description="The text to shorten for your own prompt.")],
@@ -265,3 +354,27 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
             device=done.device or "",
             milliseconds=round(done.seconds * 1000, 1),
         )
+
+    @server.tool(annotations=ToolAnnotations(title="Memory statistics", read_only_hint=True, idempotent_hint=True))
+    async def stats(
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+    ) -> StatsResult:
+        """Report what the scope holds (records by kind and status, tokens before and after compression)
+        and what its LLM calls cost: calls and tokens by purpose, the estimated cost, and what the same
+        traffic would have cost without compression and without batching."""
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: m.stats(scope))
+
+
+def _progress_reporter(ctx: Context) -> Progress:
+    """A progress callback for service code running in a worker thread; never fails the call."""
+
+    def report(done: float, total: float, message: str) -> None:
+        try:
+            anyio.from_thread.run(ctx.report_progress, done, total, message)
+        except Exception:  # a client that asked for no progress, or went away
+            log.debug("progress notification not sent", exc_info=True)
+
+    return report

@@ -27,6 +27,9 @@ TOOLS = {
     "forget": (False, True, True),
     "flush_memory": (False, False, True),
     "compress": (True, None, True),
+    "consolidate": (False, False, True),
+    "summarize": (False, False, True),
+    "memory_history": (True, None, True),
 }
 
 

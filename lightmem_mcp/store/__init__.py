@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,14 +66,23 @@ class VectorStore(Protocol):
     def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
         """Set payload fields on every match, keeping the others."""
 
-    def pending_scopes(self, limit: int) -> list[tuple[str, str | None, str | None]]:
-        """(user, agent, session) of turns waiting for extraction, across users: for resuming at start."""
+    def pending_scopes(
+        self, limit: int, kind: str = "turn", stage: str = "pending"
+    ) -> list[tuple[str, str | None, str | None]]:
+        """(user, agent, session) of records of `kind` at `stage`, across users: turns waiting for
+        extraction (the default), facts waiting for consolidation."""
 
     def count(self, where: RecordFilter) -> int:
         """How many records match."""
 
     def delete(self, where: RecordFilter) -> None:
         """Delete every match."""
+
+    def scan(
+        self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
+    ) -> Iterator[FoundPoint]:
+        """Every match in id order, vector-less points included, read a page at a time. `None` matches
+        every point of every user: for export and accounting only, never for a tool's read."""
 
     def close(self) -> None:
         """Flush and release the store."""

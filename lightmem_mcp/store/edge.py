@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +133,15 @@ class EdgeStore:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.set_payload_by_filter(_filter(where), dict(values)))
 
-    def pending_scopes(self, limit: int) -> list[tuple[str, str | None, str | None]]:
-        """Scopes of pending turns; the one query that crosses users, used only to resume work."""
+    def pending_scopes(
+        self, limit: int, kind: str = "turn", stage: str = "pending"
+    ) -> list[tuple[str, str | None, str | None]]:
+        """Scopes with records of `kind` at `stage`; the one query that crosses users, used to find
+        background work (turns to extract, facts to consolidate)."""
         flt = qe.Filter(
             must=[
-                qe.FieldCondition("kind", match=qe.MatchValue("turn")),
-                qe.FieldCondition("stage", match=qe.MatchValue("pending")),
+                qe.FieldCondition("kind", match=qe.MatchValue(kind)),
+                qe.FieldCondition("stage", match=qe.MatchValue(stage)),
             ]
         )
         records, _ = self._shard.scroll(
@@ -154,6 +157,26 @@ class EdgeStore:
         """Delete every record the filter matches."""
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.delete_points_by_filter(_filter(where)))
+
+    def scan(
+        self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
+    ) -> Iterator[FoundPoint]:
+        """Id order, paged by the shard's own offsets, so a large store never loads at once."""
+        flt = _filter(where) if where is not None else None
+        offset: Any = None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset,
+                limit=page_size,
+                filter=flt,
+                with_payload=True,
+                with_vector=[DENSE] if with_vectors else False,
+            )
+            records, offset = self._shard.scroll(request)
+            for r in records:
+                yield FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector))
+            if offset is None or not records:
+                return
 
     def optimize(self) -> None:
         """Merge segments and build the HNSW index (blocking)."""

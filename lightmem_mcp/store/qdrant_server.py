@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -143,12 +143,15 @@ class QdrantServerStore:
             self._collection, payload=dict(values), points=qm.FilterSelector(filter=_filter(where)), wait=True
         )
 
-    def pending_scopes(self, limit: int) -> list[tuple[str, str | None, str | None]]:
-        """Scopes of pending turns; the one query that crosses users, used only to resume work."""
+    def pending_scopes(
+        self, limit: int, kind: str = "turn", stage: str = "pending"
+    ) -> list[tuple[str, str | None, str | None]]:
+        """Scopes with records of `kind` at `stage`; the one query that crosses users, used to find
+        background work (turns to extract, facts to consolidate)."""
         flt = qm.Filter(
             must=[
-                qm.FieldCondition(key="kind", match=qm.MatchValue(value="turn")),
-                qm.FieldCondition(key="stage", match=qm.MatchValue(value="pending")),
+                qm.FieldCondition(key="kind", match=qm.MatchValue(value=kind)),
+                qm.FieldCondition(key="stage", match=qm.MatchValue(value=stage)),
             ]
         )
         records, _ = self._client.scroll(
@@ -163,6 +166,25 @@ class QdrantServerStore:
     def delete(self, where: RecordFilter) -> None:
         """Delete every record the filter matches."""
         self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=_filter(where)), wait=True)
+
+    def scan(
+        self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
+    ) -> Iterator[FoundPoint]:
+        """Id order, paged by the server's next-page offsets."""
+        offset: Any = None
+        while True:
+            records, offset = self._client.scroll(
+                self._collection,
+                scroll_filter=_filter(where) if where is not None else None,
+                limit=page_size,
+                offset=offset,
+                with_payload=True,
+                with_vectors=[DENSE] if with_vectors else False,
+            )
+            for r in records:
+                yield FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector))
+            if offset is None or not records:
+                return
 
     def close(self) -> None:
         """Close the connection."""

@@ -23,6 +23,7 @@ KEYWORD_FIELDS = (
     "source_ids",
     "stage",
     "batch_turn_ids",
+    "superseded_by",
 )
 FLOAT_FIELDS = ("event_ts", "created_ts")
 

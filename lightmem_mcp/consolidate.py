@@ -1,0 +1,434 @@
+"""Sleep-time consolidation: newer facts update, or supersede, the older facts they resemble.
+
+LightMem's offline update, with two changes. An updated fact is re-embedded (a stale vector
+would keep finding the old wording). And nothing is destroyed: an updated or contradicted fact
+stays in the store with `status = "superseded"`, `superseded_by` and a history entry, so a wrong
+LLM judgement can be seen and undone.
+
+How a run goes, per user:
+1. Candidates are the user's active facts not yet consolidated (`stage = "extracted"`).
+2. Each candidate retrieves its `top_k` most similar *older* active facts (cosine at least
+   `score_threshold`); each older fact keeps its `keep_top_n` best newer candidates. That is the
+   update queue: only newer facts may update older ones.
+3. The older facts (targets) are decided `targets_per_call` at a time, one LLM call per group:
+   update (merge the newer detail in), delete (a direct contradiction: the newer fact wins) or
+   ignore.
+4. An update writes a new version (deterministic id, fresh vectors) and only then supersedes the
+   target; a delete supersedes the target by the newer fact. Candidates are marked
+   `stage = "consolidated"` once every group of the user is decided.
+
+Crash safety: the new version's id depends only on the target and the facts that updated it, so
+a run interrupted anywhere and run again writes the same records, never duplicates. Progress
+lives in the records themselves (their stage), never in this process, so restarts and several
+replicas stay correct.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, Field
+
+from lightmem_mcp.config import ConsolidationSettings
+from lightmem_mcp.embedder import Embedder
+from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.ledger import UsageLedger
+from lightmem_mcp.lexical import LexicalEncoder
+from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
+from lightmem_mcp.records import FoundPoint, MemoryRecord, RecordFilter, Scope, SparseVector, StoredPoint, record_id
+from lightmem_mcp.store import Ranking, VectorStore
+from lightmem_mcp.timestamps import from_epoch, now, to_epoch
+
+log = logging.getLogger(__name__)
+
+PURPOSE = "update"
+
+_MAX_FACTS = 10_000
+_MAX_SCOPES = 10_000
+_MAX_REPORTED_CHANGES = 500
+_DENSE_ONLY = Ranking(mode="dense")
+_NO_TERMS = SparseVector([], [])
+
+Progress = Callable[[float, float, str], None]
+
+SYSTEM_PROMPT = """\
+You keep a long-term memory about people up to date. Each numbered TARGET below is an older \
+memory; under it are NEWER memories on a similar subject, numbered, each with its time.
+
+Decide one action per target:
+- "update": the newer memories add to or refine the target and it stays true (a new detail, a \
+more precise date or number). Write the merged memory in "text": one standalone third-person \
+sentence that keeps every detail of the target that is still true and adds the newer detail.
+- "delete": a newer memory directly contradicts the target, so the target is no longer true \
+(the person moved, changed job, sold it, changed their mind). The newer memory wins.
+- "ignore": the newer memories are about something else, or only repeat the target.
+Give a short "reason" and, in "sources", the numbers of the newer memories the decision rests on.
+
+Answer with JSON only, one decision per target, in this shape:
+{"decisions": [{"target": 1, "action": "update", "text": "...", "reason": "...", "sources": [1]}]}"""
+
+
+class Decision(BaseModel):
+    """The LLM's verdict on one target."""
+
+    target: int
+    action: Literal["update", "delete", "ignore"]
+    text: str | None = None
+    reason: str = ""
+    sources: list[int] = Field(default_factory=list)
+
+
+class UpdateAnswer(BaseModel):
+    """The whole JSON answer."""
+
+    decisions: list[Decision]
+
+
+class ConsolidationChange(BaseModel):
+    """A change a run made, or would make in a dry run."""
+
+    action: Literal["update", "delete"]
+    target_id: str = Field(description="The older fact, superseded by this change.")
+    target_text: str
+    new_id: str = Field(description="update: the new version's id; delete: the newer fact that wins.")
+    new_text: str
+    by_ids: list[str]
+    reason: str
+
+
+class HistoryEntry(ConsolidationChange):
+    """One change in a fact's history: the change, when it was made and by which LLM call."""
+
+    time: str = Field(description="When the change was made (UTC, ISO 8601).")
+    llm_call_id: str = Field(description="The LLM call that decided it (see stats).")
+
+
+class HistoryResult(BaseModel):
+    """Every version of a memory and the changes between them."""
+
+    id: str = Field(description="The record asked about.")
+    versions: list[MemoryRecord] = Field(description="Every version, oldest first; superseded ones say by what.")
+    changes: list[HistoryEntry] = Field(description="What changed, when, why and on which LLM call; oldest first.")
+
+
+class ConsolidateResult(BaseModel):
+    """What a consolidation run did (or, in a dry run, would do)."""
+
+    dry_run: bool
+    users: int = Field(description="Users whose facts were checked.")
+    checked_facts: int = Field(description="Newer facts checked against older ones.")
+    targets: int = Field(description="Older facts sent to the LLM for a decision.")
+    llm_calls: int
+    updated: int = Field(description="Older facts replaced by a merged version.")
+    superseded: int = Field(description="Older facts contradicted by a newer one.")
+    ignored: int
+    changes: list[ConsolidationChange] = Field(description=f"The changes, at most {_MAX_REPORTED_CHANGES}.")
+    error: str | None = Field(default=None, description="Why the run stopped early; finished users stay done.")
+
+
+@dataclass
+class _Fact:
+    point: FoundPoint
+
+    @property
+    def id(self) -> str:
+        return self.point.id
+
+    @property
+    def text(self) -> str:
+        return str(self.point.payload["text"])
+
+    @property
+    def order(self) -> tuple[float, float, str]:
+        p = self.point.payload
+        return (float(cast(float, p["event_ts"])), float(cast(float, p["created_ts"])), self.point.id)
+
+    @property
+    def scope(self) -> Scope:
+        p = self.point.payload
+        return Scope(str(p["user_id"]), cast(str | None, p.get("agent_id")), cast(str | None, p.get("session_id")))
+
+
+@dataclass
+class _Target:
+    fact: _Fact
+    newer: list[tuple[float, _Fact]] = field(default_factory=list)
+
+
+@dataclass
+class _Tally:
+    checked: int = 0
+    targets: int = 0
+    calls: int = 0
+    updated: int = 0
+    superseded: int = 0
+    ignored: int = 0
+    changes: list[ConsolidationChange] = field(default_factory=list)
+
+
+class Consolidator:
+    """Runs the offline update for one user, some users, or everyone."""
+
+    def __init__(
+        self,
+        settings: ConsolidationSettings,
+        store: VectorStore,
+        embedder: Embedder,
+        lexical: LexicalEncoder,
+        llm: LLMClient,
+        ledger: UsageLedger,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._embedder = embedder
+        self._lexical = lexical
+        self._llm = llm
+        self._ledger = ledger
+        self._guard = threading.Lock()
+        self._user_locks: dict[str, threading.Lock] = {}
+
+    def run(
+        self,
+        scope: Scope | None,
+        *,
+        since_ts: float | None = None,
+        until_ts: float | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> ConsolidateResult:
+        """Consolidate the facts of `scope` (every user when None) whose event time is in range."""
+        if not self._llm.configured:
+            raise BackendUnavailable(
+                "consolidation needs an LLM to judge updates: set LIGHTMEM_LLM_PROVIDER (and its key)"
+            )
+        if scope is None:
+            users = sorted({user for user, _, _ in self._store.pending_scopes(_MAX_SCOPES, "fact", "extracted")})
+            scopes = [Scope(user) for user in users]
+        else:
+            scopes = [scope]
+        tally = _Tally()
+        error = None
+        for index, each in enumerate(scopes):
+            try:
+                with self._user_lock(each.user_id):
+                    self._run_scope(each, since_ts, until_ts, dry_run, tally, progress)
+            except BackendUnavailable as exc:
+                error = str(exc)
+                break
+            if progress is not None:
+                progress(index + 1, len(scopes), f"consolidated {index + 1} of {len(scopes)} users")
+        return ConsolidateResult(
+            dry_run=dry_run,
+            users=len(scopes),
+            checked_facts=tally.checked,
+            targets=tally.targets,
+            llm_calls=tally.calls,
+            updated=tally.updated,
+            superseded=tally.superseded,
+            ignored=tally.ignored,
+            changes=tally.changes[:_MAX_REPORTED_CHANGES],
+            error=error,
+        )
+
+    def _run_scope(
+        self,
+        scope: Scope,
+        since_ts: float | None,
+        until_ts: float | None,
+        dry_run: bool,
+        tally: _Tally,
+        progress: Progress | None,
+    ) -> None:
+        candidates = self._candidates(scope, since_ts, until_ts)
+        if not candidates:
+            return
+        tally.checked += len(candidates)
+        targets = self._queue(scope, candidates)
+        tally.targets += len(targets)
+        done: set[str] = set()  # targets superseded by this run
+        size = self._settings.targets_per_call
+        groups = [targets[i : i + size] for i in range(0, len(targets), size)]
+        for number, group in enumerate(groups, start=1):
+            decisions, call = self._decide(scope, group)
+            tally.calls += 1
+            for target, decision in zip(group, decisions, strict=True):
+                if decision is None or decision.action == "ignore" or target.fact.id in done:
+                    tally.ignored += 1
+                    continue
+                change = self._apply(target, decision, call, dry_run)
+                if change is None:
+                    tally.ignored += 1
+                    continue
+                done.add(target.fact.id)
+                tally.changes.append(change)
+                if change.action == "update":
+                    tally.updated += 1
+                else:
+                    tally.superseded += 1
+            if progress is not None:
+                progress(number, len(groups), f"user {scope.user_id}: decided {number} of {len(groups)} groups")
+        if not dry_run:
+            ids = tuple(fact.id for fact in candidates)
+            base = RecordFilter(scope.user_id, kinds=("fact",))
+            for start in range(0, len(ids), 1000):
+                self._store.set_payload(
+                    RecordFilter(base.user_id, kinds=base.kinds, ids=ids[start : start + 1000]),
+                    {"stage": "consolidated", "consolidated_ts": to_epoch(now())},
+                )
+
+    # -- the update queue -----------------------------------------------------------------
+
+    def _candidates(self, scope: Scope, since_ts: float | None, until_ts: float | None) -> list[_Fact]:
+        where = RecordFilter(
+            scope.user_id,
+            scope.agent_id,
+            scope.session_id,
+            kinds=("fact",),
+            statuses=("active",),
+            stages=("extracted",),
+            since_ts=since_ts,
+            until_ts=until_ts,
+        )
+        found = self._store.scroll(where, _MAX_FACTS, with_vectors=True)
+        return sorted((_Fact(p) for p in found), key=lambda f: f.order)
+
+    def _queue(self, scope: Scope, candidates: Sequence[_Fact]) -> list[_Target]:
+        """Older facts, each with its best newer candidates, oldest target first."""
+        targets: dict[str, _Target] = {}
+        for newer in candidates:
+            vector = newer.point.dense or self._embedder.embed_query(newer.text)
+            # Older facts of the same user (and agent, when the fact has one), in any session.
+            where = RecordFilter(
+                scope.user_id,
+                cast(str | None, newer.point.payload.get("agent_id")),
+                kinds=("fact",),
+                statuses=("active",),
+                until_ts=newer.order[0],
+            )
+            for point in self._store.query(vector, _NO_TERMS, where, self._settings.top_k, _DENSE_ONLY):
+                older = _Fact(point)
+                if point.score < self._settings.score_threshold or older.order >= newer.order:
+                    continue
+                targets.setdefault(older.id, _Target(older)).newer.append((point.score, newer))
+        for target in targets.values():
+            target.newer.sort(key=lambda pair: (-pair[0], pair[1].order))
+            del target.newer[self._settings.keep_top_n :]
+        return sorted(targets.values(), key=lambda t: t.fact.order)
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def _decide(self, scope: Scope, group: Sequence[_Target]) -> tuple[list[Decision | None], LLMCall]:
+        """One call for the group; decisions line up with the targets (None: no usable decision)."""
+        try:
+            result = self._llm.complete_json(PURPOSE, SYSTEM_PROMPT, render(group), UpdateAnswer)
+        except LLMError as exc:
+            self._ledger.record(scope, exc.call)
+            raise
+        self._ledger.record(scope, result.call)
+        decisions: list[Decision | None] = [None] * len(group)
+        for decision in result.value.decisions:
+            if not 1 <= decision.target <= len(group) or decisions[decision.target - 1] is not None:
+                log.warning("ignored a decision for target %s of %d", decision.target, len(group))
+                continue
+            decisions[decision.target - 1] = decision
+        return decisions, result.call
+
+    def _apply(self, target: _Target, decision: Decision, call: LLMCall, dry_run: bool) -> ConsolidationChange | None:
+        newer = [fact for _, fact in target.newer]
+        chosen = [newer[n - 1] for n in dict.fromkeys(decision.sources) if 1 <= n <= len(newer)] or newer
+        old = target.fact
+        action: Literal["update", "delete"] = "update" if decision.action == "update" else "delete"
+        if action == "update":
+            text = " ".join((decision.text or "").split())
+            if not text:
+                log.warning("an update without text was ignored (target %s)", old.id)
+                return None
+            # The version's id depends only on what it merges: a repeated run rewrites the same record.
+            new_id = record_id(old.scope, "fact", "\x1f".join(["update", old.id, *sorted(f.id for f in chosen)]))
+        else:
+            text, new_id = (winner := max(chosen, key=lambda f: f.order)).text, winner.id
+        change = ConsolidationChange(
+            action=action,
+            target_id=old.id,
+            target_text=old.text,
+            new_id=new_id,
+            new_text=text,
+            by_ids=[fact.id for fact in chosen],
+            reason=" ".join(decision.reason.split()),
+        )
+        if dry_run:
+            return change
+        entry = HistoryEntry(time=now().isoformat(), llm_call_id=call.call_id, **change.model_dump()).model_dump()
+        if change.action == "update":
+            # The new version first: a crash before the target is superseded repeats the same write.
+            self._store.upsert([self._version(old, chosen, change, entry)])
+        self._store.set_payload(
+            RecordFilter(old.scope.user_id, kinds=("fact",), ids=(old.id,)),
+            {
+                "status": "superseded",
+                "superseded_by": change.new_id,
+                "updated_ts": to_epoch(now()),
+                "history": [*_history(old), entry],
+            },
+        )
+        return change
+
+    def _version(
+        self, old: _Fact, chosen: Sequence[_Fact], change: ConsolidationChange, entry: dict[str, Any]
+    ) -> StoredPoint:
+        """The merged fact: the target's fields, the merged text with fresh vectors, all sources."""
+        stored_at = now().timestamp()
+        newest = max(chosen, key=lambda f: f.order)
+        source_ids = _sources(old)
+        for fact in chosen:
+            source_ids += [s for s in _sources(fact) if s not in source_ids]
+        payload: dict[str, Any] = dict(old.point.payload)
+        payload.pop("superseded_by", None)
+        payload.update(
+            text=change.new_text,
+            status="active",
+            stage="consolidated",
+            source_ids=source_ids,
+            event_time=newest.point.payload["event_time"],
+            event_ts=newest.order[0],
+            created_ts=stored_at,
+            updated_ts=stored_at,
+            batch_turn_ids=[],
+            llm_call_id=entry["llm_call_id"],
+            supersedes=[old.id],
+            history=[*_history(old), entry],
+        )
+        [vector] = self._embedder.embed_documents([change.new_text])
+        return StoredPoint(change.new_id, vector, self._lexical.encode_document(change.new_text), payload)
+
+    def _user_lock(self, user_id: str) -> threading.Lock:
+        with self._guard:
+            return self._user_locks.setdefault(user_id, threading.Lock())
+
+
+def _history(fact: _Fact) -> list[dict[str, Any]]:
+    return list(cast(list[dict[str, Any]], fact.point.payload.get("history") or []))
+
+
+def _sources(fact: _Fact) -> list[str]:
+    return list(cast(list[str], fact.point.payload.get("source_ids") or []))
+
+
+def render(group: Sequence[_Target]) -> str:
+    """The user prompt: each target with its newer memories."""
+    lines = []
+    for index, target in enumerate(group, start=1):
+        lines.append(f"TARGET {index} ({_when(target.fact)}): {target.fact.text}")
+        for number, (_, fact) in enumerate(target.newer, start=1):
+            lines.append(f"  [{number}] ({_when(fact)}) {fact.text}")
+        lines.append("")
+    lines.append(f"Decide each of the {len(group)} targets; answer as JSON.")
+    return "\n".join(lines)
+
+
+def _when(fact: _Fact) -> str:
+    return from_epoch(fact.order[0]).strftime("%Y-%m-%d")

@@ -1,0 +1,104 @@
+"""The optional sleep-time schedule: consolidate and summarize in the background.
+
+Off unless `LIGHTMEM_SLEEP_INTERVAL_MINUTES` or `LIGHTMEM_SLEEP_AFTER_FACTS` is set. One worker
+thread runs the work, so a run never overlaps itself; requests that arrive while it works are
+merged into the next run. What is due is read from the store (facts still at
+`stage = "extracted"`, the per-user summary mark), so a restart picks up where the last run
+stopped and nothing is kept in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from lightmem_mcp.config import SleepSettings
+from lightmem_mcp.consolidate import Consolidator
+from lightmem_mcp.records import RecordFilter, Scope
+from lightmem_mcp.store import VectorStore
+from lightmem_mcp.summarize import Summarizer
+
+log = logging.getLogger(__name__)
+
+_MAX_SCOPES = 10_000
+_EVERYONE = "\x00every-user"
+
+
+class SleepSchedule:
+    """Runs consolidation (then summaries of the days with new facts) every N minutes or after M facts."""
+
+    def __init__(
+        self, settings: SleepSettings, store: VectorStore, consolidator: Consolidator, summarizer: Summarizer
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._consolidator = consolidator
+        self._summarizer = summarizer
+        self._wake = threading.Condition()
+        self._due: set[str] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.interval_minutes > 0 or self._settings.after_facts > 0
+
+    def start(self) -> None:
+        """Start the worker thread if the schedule is on."""
+        if self.enabled and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lightmem-sleep", daemon=True)
+            self._thread.start()
+
+    def facts_written(self, scope: Scope, count: int) -> None:
+        """After extraction: wake the worker when the user has `after_facts` facts not yet consolidated."""
+        if self._thread is None or self._settings.after_facts <= 0 or count <= 0:
+            return
+        waiting = self._store.count(
+            RecordFilter(scope.user_id, kinds=("fact",), statuses=("active",), stages=("extracted",))
+        )
+        if waiting >= self._settings.after_facts:
+            self._request(scope.user_id)
+
+    def close(self) -> None:
+        """Stop after the current run, if any."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _request(self, user_id: str) -> None:
+        with self._wake:
+            self._due.add(user_id)
+            self._wake.notify_all()
+
+    def _loop(self) -> None:
+        interval = self._settings.interval_minutes * 60 or None
+        while True:
+            with self._wake:
+                if not self._due and not self._stopping:
+                    self._wake.wait(timeout=interval)
+                if self._stopping:
+                    return
+                due, self._due = self._due or {_EVERYONE}, set()
+            try:
+                self.run_once(None if _EVERYONE in due else sorted(due))
+            except Exception:  # the schedule must outlive a bad run; the next one retries
+                log.exception("sleep-time run failed; it is retried at the next interval")
+
+    def run_once(self, users: list[str] | None = None) -> None:
+        """Consolidate the given users (default: everyone with new facts), then summarize their new days."""
+        if users is None:
+            users = sorted({u for u, _, _ in self._store.pending_scopes(_MAX_SCOPES, "fact", "extracted")})
+        for user in users:
+            done = self._consolidator.run(Scope(user))
+            if done.error:
+                log.warning("sleep-time consolidation stopped: %s", done.error)
+                return
+            if self._settings.summarize:
+                summarized = self._summarizer.run_scheduled(user)
+                if summarized is not None and summarized.error:
+                    log.warning("sleep-time summaries stopped: %s", summarized.error)
+                    return
+        self.runs += 1

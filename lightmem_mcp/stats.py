@@ -1,0 +1,398 @@
+"""Accounting for one scope: records, compression savings, LLM calls and tokens, and their estimated cost.
+
+Beside the actual cost, two estimates say what LightMem's two savings are worth on the same traffic:
+
+- without compression: the same calls, each extracted turn sent with its original tokens instead of
+  its compressed ones: prompt tokens grow by the sum of `tokens_original - tokens_compressed` over
+  the extracted turns, billed at the extraction model's cache-miss price;
+- one call per add (no batching, no compression, mem0's pattern): one extraction call per
+  `add_memory` call whose messages reached extraction, each sending the system prompt and every
+  message of that add, both roles, in its original words, counted with the configured tokenizer.
+  This is the "one call per add" baseline of `bench/pipeline.py`, computed the same way.
+
+In both, completion tokens are the actual ones (the same facts come back) and the calls of other
+purposes (consolidation, summaries) stay as they were.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import cast
+
+from pydantic import BaseModel, Field
+
+from lightmem_mcp.config import ModelPrice, PriceSettings
+from lightmem_mcp.extractor import PURPOSE as EXTRACTION
+from lightmem_mcp.extractor import SYSTEM_PROMPT, BufferedTurn, render
+from lightmem_mcp.ledger import LEDGER_KIND
+from lightmem_mcp.records import KINDS, FoundPoint, Kind, RecordFilter, Scope
+from lightmem_mcp.store import VectorStore
+from lightmem_mcp.timestamps import from_epoch
+from lightmem_mcp.tokens import TokenCounter
+
+# Always reported, in this order, even with no calls: extraction, consolidation, summaries.
+PURPOSES = ("extraction", "update", "summary")
+_MILLION = Decimal(1_000_000)
+
+
+class RecordCounts(BaseModel):
+    """Records of one kind, by status."""
+
+    kind: Kind
+    total: int
+    active: int
+    superseded: int
+    deleted: int
+
+
+class CompressionCounts(BaseModel):
+    """Turns stored one way, with their tokens."""
+
+    compression: str = Field(
+        description="applied, or why not: short, no_gain, disabled, unavailable, loading, not_extracted."
+    )
+    turns: int
+    tokens_original: int
+    tokens_compressed: int
+
+
+class TurnStats(BaseModel):
+    """Stored messages: where they are in the pipeline, and what compression saved."""
+
+    pending: int = Field(description="Waiting for extraction.")
+    extracted: int = Field(description="Turned into facts.")
+    skipped: int = Field(description="Kept as memories only (a role that feeds no extraction, or no LLM).")
+    tokens_original: int = Field(description="Tokens of the messages as sent.")
+    tokens_compressed: int = Field(description="Tokens of what is indexed and sent to extraction.")
+    tokens_saved: int
+    by_compression: list[CompressionCounts]
+
+
+class LLMUsage(BaseModel):
+    """LLM calls of one purpose (or all), with the tokens the API reported."""
+
+    purpose: str = Field(description="extraction, update (consolidation), summary, or all.")
+    calls: int
+    ok: int
+    failed: int
+    attempts: int = Field(description="HTTP requests, retries included.")
+    prompt_tokens: int = Field(description="Input tokens, cache hits included.")
+    cached_tokens: int = Field(description="Input tokens the provider served from its cache.")
+    completion_tokens: int
+    cost: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217); unpriced models left out.")
+
+
+class Counterfactual(BaseModel):
+    """The same traffic done another way: an estimate (see the README's cost accounting)."""
+
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217).")
+
+
+class AppliedPrice(BaseModel):
+    """A price the estimate used, per 1M tokens."""
+
+    model: str = Field(description="<provider>/<model> as the calls were made.")
+    currency: str
+    input_cache_miss: float
+    input_cache_hit: float
+    output: float
+
+
+class CostReport(BaseModel):
+    """Estimated cost of the scope's LLM calls, and of the same traffic without LightMem's savings."""
+
+    actual: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217).")
+    without_compression: Counterfactual = Field(description="The same calls with the extracted turns uncompressed.")
+    one_call_per_add: Counterfactual = Field(
+        description="No batching or compression: one extraction call per add, system prompt repeated (mem0's way)."
+    )
+    prices: list[AppliedPrice]
+    unpriced_models: list[str] = Field(
+        description="<provider>/<model> with calls but no price: set LIGHTMEM_PRICE_TABLE to include them."
+    )
+
+
+class StatsResult(BaseModel):
+    """What a scope holds and what its LLM calls cost."""
+
+    user_id: str
+    agent_id: str | None
+    session_id: str | None
+    records: list[RecordCounts]
+    turns: TurnStats
+    llm: list[LLMUsage] = Field(description="By purpose.")
+    llm_total: LLMUsage
+    cost: CostReport
+
+
+Money = dict[str, Decimal]
+
+
+@dataclass
+class _Usage:
+    calls: int = 0
+    ok: int = 0
+    attempts: int = 0
+    prompt: int = 0
+    cached: int = 0
+    completion: int = 0
+    cost: Money = field(default_factory=dict)
+
+    def add(self, payload: Mapping[str, object], cost: tuple[str, Decimal] | None) -> None:
+        self.calls += 1
+        self.ok += 1 if payload.get("ok") else 0
+        self.attempts += _int(payload, "attempts")
+        self.prompt += _int(payload, "prompt_tokens")
+        self.cached += _int(payload, "cached_tokens")
+        self.completion += _int(payload, "completion_tokens")
+        if cost is not None:
+            _credit(self.cost, *cost)
+
+    def merged(self, other: _Usage) -> _Usage:
+        cost = dict(self.cost)
+        for currency, amount in other.cost.items():
+            _credit(cost, currency, amount)
+        return _Usage(
+            self.calls + other.calls,
+            self.ok + other.ok,
+            self.attempts + other.attempts,
+            self.prompt + other.prompt,
+            self.cached + other.cached,
+            self.completion + other.completion,
+            cost,
+        )
+
+    def report(self, purpose: str) -> LLMUsage:
+        return LLMUsage(
+            purpose=purpose,
+            calls=self.calls,
+            ok=self.ok,
+            failed=self.calls - self.ok,
+            attempts=self.attempts,
+            prompt_tokens=self.prompt,
+            cached_tokens=self.cached,
+            completion_tokens=self.completion,
+            cost=_floats(self.cost),
+        )
+
+
+@dataclass(frozen=True)
+class _AddedTurn:
+    """What the one-call-per-add estimate needs of a turn: it renders the extraction prompt."""
+
+    position: int
+    turn: BufferedTurn
+
+
+class _Tally:
+    """Accumulates one pass over a scope's points."""
+
+    def __init__(self, prices: PriceSettings) -> None:
+        self._prices = prices
+        self.statuses: dict[Kind, Counter[str]] = {kind: Counter() for kind in KINDS}
+        self.stages: Counter[str] = Counter()
+        self.compression: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.extracted_extra_tokens = 0
+        self.adds: dict[tuple[object, ...], list[_AddedTurn]] = defaultdict(list)
+        self.extracted_adds: set[tuple[object, ...]] = set()
+        self.usage: dict[str, _Usage] = {purpose: _Usage() for purpose in PURPOSES}
+        self.extraction_models: Counter[tuple[str, str]] = Counter()
+        self.applied: dict[str, AppliedPrice] = {}
+        self.unpriced: set[str] = set()
+
+    def add(self, point: FoundPoint) -> None:
+        p = point.payload
+        kind = str(p.get("kind"))
+        if kind == LEDGER_KIND:
+            self._call(p)
+            return
+        if kind in self.statuses:
+            self.statuses[kind][str(p.get("status") or "active")] += 1
+        if kind == "turn":
+            self._turn(point)
+
+    def _turn(self, point: FoundPoint) -> None:
+        p = point.payload
+        stage = str(p.get("stage") or "skipped")
+        before, after = _int(p, "tokens_original"), _int(p, "tokens_compressed")
+        self.stages[stage] += 1
+        row = self.compression[str(p.get("compression") or "unknown")]
+        row[0] += 1
+        row[1] += before
+        row[2] += after
+        # The turns of one add_memory call share their scope and stored time.
+        add = (p.get("user_id"), p.get("agent_id"), p.get("session_id"), p.get("created_ts"))
+        self.adds[add].append(_AddedTurn(_int(p, "position"), _as_turn(point)))
+        if stage == "extracted":
+            self.extracted_extra_tokens += before - after
+            self.extracted_adds.add(add)
+
+    def _call(self, p: Mapping[str, object]) -> None:
+        purpose = str(p.get("purpose") or "unknown")
+        provider, model = str(p.get("provider") or ""), str(p.get("model") or "")
+        price = self.price(provider, model)
+        cost = None
+        if price is not None:
+            rate, currency = price
+            miss = max(_int(p, "prompt_tokens") - _int(p, "cached_tokens"), 0)
+            cost = (currency, _cost(rate, miss, _int(p, "cached_tokens"), _int(p, "completion_tokens")))
+        self.usage.setdefault(purpose, _Usage()).add(p, cost)
+        if purpose == EXTRACTION:
+            self.extraction_models[(provider, model)] += 1
+
+    def price(self, provider: str, model: str) -> tuple[ModelPrice, str] | None:
+        """The price of a model, remembered for the report; unknown models are listed as unpriced."""
+        name = f"{provider}/{model}"
+        found = self._prices.price_of(provider, model)
+        if found is None:
+            self.unpriced.add(name)
+            return None
+        rate, currency = found
+        self.applied[name] = AppliedPrice(
+            model=name,
+            currency=currency,
+            input_cache_miss=rate.input_cache_miss,
+            input_cache_hit=rate.input_cache_hit,
+            output=rate.output,
+        )
+        return found
+
+    def result(self, scope: Scope, counter: TokenCounter) -> StatsResult:
+        total = _Usage()
+        for usage in self.usage.values():
+            total = total.merged(usage)
+        extraction = self.usage[EXTRACTION]
+        others = total.calls - extraction.calls, total.prompt - extraction.prompt
+        other_cost = _minus(total.cost, extraction.cost)
+        price = self._extraction_price()
+
+        extra = self.extracted_extra_tokens
+        uncompressed_cost = dict(total.cost)
+        if price is not None and extra:
+            _credit(uncompressed_cost, price[1], _cost(price[0], extra, 0, 0))
+
+        per_add_prompt = sum(
+            counter.count(SYSTEM_PROMPT)
+            + counter.count(render([[added.turn for added in sorted(self.adds[add], key=lambda a: a.position)]]))
+            for add in self.extracted_adds
+        )
+        per_add_cost = dict(other_cost)
+        if price is not None:
+            _credit(per_add_cost, price[1], _cost(price[0], per_add_prompt, 0, extraction.completion))
+
+        before = sum(row[1] for row in self.compression.values())
+        after = sum(row[2] for row in self.compression.values())
+        return StatsResult(
+            user_id=scope.user_id,
+            agent_id=scope.agent_id,
+            session_id=scope.session_id,
+            records=[
+                RecordCounts(
+                    kind=kind,
+                    total=sum(counts.values()),
+                    active=counts["active"],
+                    superseded=counts["superseded"],
+                    deleted=counts["deleted"],
+                )
+                for kind, counts in self.statuses.items()
+            ],
+            turns=TurnStats(
+                pending=self.stages["pending"],
+                extracted=self.stages["extracted"],
+                skipped=sum(n for stage, n in self.stages.items() if stage not in ("pending", "extracted")),
+                tokens_original=before,
+                tokens_compressed=after,
+                tokens_saved=before - after,
+                by_compression=[
+                    CompressionCounts(compression=how, turns=row[0], tokens_original=row[1], tokens_compressed=row[2])
+                    for how, row in sorted(self.compression.items())
+                ],
+            ),
+            llm=[self.usage[purpose].report(purpose) for purpose in _ordered(self.usage)],
+            llm_total=total.report("all"),
+            cost=CostReport(
+                actual=_floats(total.cost),
+                without_compression=Counterfactual(
+                    llm_calls=total.calls,
+                    prompt_tokens=total.prompt + extra,
+                    completion_tokens=total.completion,
+                    cost=_floats(uncompressed_cost),
+                ),
+                one_call_per_add=Counterfactual(
+                    llm_calls=len(self.extracted_adds) + others[0],
+                    prompt_tokens=per_add_prompt + others[1],
+                    completion_tokens=total.completion,
+                    cost=_floats(per_add_cost),
+                ),
+                prices=sorted(self.applied.values(), key=lambda a: a.model),
+                unpriced_models=sorted(self.unpriced),
+            ),
+        )
+
+    def _extraction_price(self) -> tuple[ModelPrice, str] | None:
+        """The price the estimates bill extraction at: that of the model that made most extraction calls."""
+        if not self.extraction_models:
+            return None
+        (provider, model), _ = min(self.extraction_models.items(), key=lambda item: (-item[1], item[0]))
+        return self._prices.price_of(provider, model)
+
+
+def collect_stats(store: VectorStore, scope: Scope, prices: PriceSettings, counter: TokenCounter) -> StatsResult:
+    """Read every point of the scope once and account for it."""
+    tally = _Tally(prices)
+    for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id)):
+        tally.add(point)
+    return tally.result(scope, counter)
+
+
+def _as_turn(point: FoundPoint) -> BufferedTurn:
+    p = point.payload
+    source_ids = cast(list[str], p.get("source_ids") or [""])
+    return BufferedTurn(
+        record_id=point.id,
+        message_id=str(source_ids[0]),
+        role=str(p.get("role") or "user"),
+        speaker=cast(str | None, p.get("speaker")),
+        text=str(p.get("original_text") or p.get("text") or ""),
+        event_time=from_epoch(float(cast(float, p.get("event_ts") or 0.0))),
+        topic_id="",
+    )
+
+
+def _cost(rate: ModelPrice, miss: int, hit: int, output: int) -> Decimal:
+    # Decimal from the prices' shortest repr: 1,000 tokens at 0.3 per 1M is exactly 0.0003.
+    return (
+        miss * Decimal(str(rate.input_cache_miss))
+        + hit * Decimal(str(rate.input_cache_hit))
+        + output * Decimal(str(rate.output))
+    ) / _MILLION
+
+
+def _credit(money: Money, currency: str, amount: Decimal) -> None:
+    money[currency] = money.get(currency, Decimal(0)) + amount
+
+
+def _minus(money: Money, less: Money) -> Money:
+    left = dict(money)
+    for currency, amount in less.items():
+        _credit(left, currency, -amount)
+    return left
+
+
+def _floats(money: Money) -> dict[str, float]:
+    return {currency: float(amount) for currency, amount in sorted(money.items())}
+
+
+def _ordered(usage: Iterable[str]) -> list[str]:
+    return list(PURPOSES) + sorted(set(usage) - set(PURPOSES))
+
+
+def _int(payload: Mapping[str, object], key: str) -> int:
+    value = payload.get(key)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
