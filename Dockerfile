@@ -5,7 +5,8 @@
 #   docker build --build-arg BAKE_MODELS=0 -t lightmem-mcp .    # models at run time (hub or LIGHTMEM_*_PATH)
 #   docker build --target npu -t lightmem-mcp:npu .             # Ascend NPU image (CANN + torch-npu)
 #
-#   docker run --rm -p 8000:8000 lightmem-mcp                   # http://localhost:8000/mcp
+#   docker run --rm lightmem-mcp token new --tenant me           # a bearer token and its tokens-file line
+#   docker run --rm -p 8000:8000 -e LIGHTMEM_AUTH_TOKENS='<that line>' lightmem-mcp   # http://localhost:8000/mcp
 #   docker run -i --rm --no-healthcheck -v lightmem-data:/data lightmem-mcp serve --transport stdio
 #
 # BAKE_MODELS=1 (default) downloads all-MiniLM-L6-v2 and LLMLingua-2
@@ -95,6 +96,8 @@ RUN groupadd --gid "${NPU_GID}" HwHiAiUser \
     && mkdir /data && chown "${NPU_UID}:${NPU_GID}" /data
 COPY --from=models --chown=${NPU_UID}:${NPU_GID} /opt/hf /opt/hf
 ARG BAKE_MODELS=1
+# DL3064 reads "TOKEN" in TOKENIZERS_PARALLELISM as a secret.
+# hadolint ignore=DL3064
 ENV LIGHTMEM_DATA_DIR=/data \
     HF_HOME=/opt/hf \
     HF_HUB_OFFLINE=${BAKE_MODELS} \
@@ -120,6 +123,7 @@ COPY --from=build /opt/venv /opt/venv
 # Owned by the user so that a BAKE_MODELS=0 image can fill the cache at run time.
 COPY --from=models --chown=10001:10001 /opt/hf /opt/hf
 ARG BAKE_MODELS=1
+# hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LIGHTMEM_DATA_DIR=/data \

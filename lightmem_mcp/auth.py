@@ -95,24 +95,25 @@ def token_line(token: str, tenant: str, scopes: Sequence[str], name: str | None 
 def parse_token_lines(text: str, source: str) -> dict[str, TokenEntry]:
     """Token entries by hash from JSON lines (or one JSON array); raises `ConfigError` naming the line."""
     stripped = text.strip()
+    items: list[tuple[str, object]] = []
     if stripped.startswith("["):
         try:
-            items: list[tuple[int, object]] = list(enumerate(json.loads(stripped), 1))
+            parsed = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{source}: not a JSON array ({exc.msg})") from None
+        items = [(f"{source}, entry {number}", item) for number, item in enumerate(parsed, 1)]
     else:
-        items = []
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             try:
-                items.append((number, json.loads(line)))
+                items.append((f"{source}, line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{source}, line {number}: not JSON ({exc.msg})") from None
     entries: dict[str, TokenEntry] = {}
-    for number, item in items:
-        entry = _entry(item, f"{source}, entry {number}")
+    for where, item in items:
+        entry = _entry(item, where)
         entries[entry.sha256] = entry
     return entries
 
@@ -170,7 +171,9 @@ class StaticTokenVerifier(TokenVerifier):
         if entry is None:
             return None
         # The client id names the token (by a hash prefix), so an SSE session stays bound to it.
-        return TenantToken(token=token, client_id=f"token:{digest[:16]}", scopes=list(entry.scopes), tenant=entry.tenant)
+        return TenantToken(
+            token=token, client_id=f"token:{digest[:16]}", scopes=list(entry.scopes), tenant=entry.tenant
+        )
 
     def _reload(self, strict: bool) -> None:
         assert self._file is not None

@@ -21,7 +21,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="Run the MCP server (the default command).")
-    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="MCP transport.")
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "http", "sse"],
+        default="stdio",
+        help="stdio (default); http: streamable HTTP at /mcp, stateless; sse: legacy SSE at /sse (sticky sessions).",
+    )
+    serve.add_argument("--host", help="Address to bind for http / sse (LIGHTMEM_HTTP_HOST, default 127.0.0.1).")
+    serve.add_argument("--port", type=int, help="Port for http / sse (LIGHTMEM_HTTP_PORT, default 8000).")
+    token = commands.add_parser("token", help="Bearer tokens for the HTTP transports.")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    new_token = token_commands.add_parser(
+        "new", help="Print a fresh token once, and the line that grants it (for LIGHTMEM_AUTH_TOKENS_FILE)."
+    )
+    new_token.add_argument("--tenant", required=True, help="The tenant (user) the token acts for.")
+    new_token.add_argument(
+        "--scopes", default="read,write", help="Comma-separated: read, write, admin (default read,write)."
+    )
+    new_token.add_argument("--name", help="Optional label kept in the tokens file, e.g. who holds the token.")
     doctor = commands.add_parser("doctor", help="Check every model and backend, then exit.")
     doctor.add_argument("--ping-llm", action="store_true", help="Also make one small call to the LLM.")
     export = commands.add_parser("export", help="Write memories as JSON Lines (a scope, or everything).")
@@ -38,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lightmem-mcp` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _new_token(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -62,10 +81,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("export", "import"):
         return _transfer(args, settings)
 
+    if getattr(args, "transport", "stdio") != "stdio":
+        return _serve_http(args, settings)
+
     from lightmem_mcp.server import build_server
 
     server = build_server(settings)
     server.run("stdio")
+    return 0
+
+
+def _serve_http(args: argparse.Namespace, settings: Settings) -> int:
+    """`serve --transport http|sse`: the hosted server, until SIGTERM."""
+    from lightmem_mcp.hosted import serve
+
+    overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
+    if overrides:
+        http = settings.http.model_copy(update=overrides)
+        settings = settings.model_copy(update={"http": http})
+    try:
+        started = serve(settings, args.transport)
+    except ConfigError as exc:
+        print(f"lightmem-mcp: {exc}", file=sys.stderr)
+        return 2
+    return 0 if started else 1
+
+
+def _new_token(args: argparse.Namespace) -> int:
+    """`token new`: a fresh token on stdout once, then its tokens-file line (the server keeps only the hash)."""
+    from lightmem_mcp.auth import new_token, token_line
+
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    token = new_token()
+    try:
+        line = token_line(token, args.tenant, scopes, args.name)
+    except ConfigError as exc:
+        print(f"lightmem-mcp token new: {exc}", file=sys.stderr)
+        return 2
+    print("# The token, shown only now. Clients send it as: Authorization: Bearer <token>")
+    print(token)
+    print("# Add this line to the file LIGHTMEM_AUTH_TOKENS_FILE names (or to LIGHTMEM_AUTH_TOKENS):")
+    print(line)
     return 0
 
 

@@ -365,16 +365,17 @@ class PriceSettings(BaseSettings):
                 '{"deepseek/deepseek-flash": {"input_cache_miss": 0.3, "input_cache_hit": 0.006, "output": 1.2}}'
             ) from None
 
-    @model_validator(mode="after")
-    def _distinct_keys(self) -> PriceSettings:
+    @field_validator("table", mode="after")
+    @classmethod
+    def _distinct_keys(cls, table: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
         seen: dict[str, str] = {}
-        for key in self.table:
+        for key in table:
             if not key.strip() or key != key.strip():
-                raise ValueError(f"price table key {key!r}: use `<provider>/<model>` or `<model>`, no blanks")
+                raise ValueError(f"key {key!r}: use `<provider>/<model>` or `<model>`, without surrounding blanks")
             if key.lower() in seen:
-                raise ValueError(f"price table keys {seen[key.lower()]!r} and {key!r} differ only in case")
+                raise ValueError(f"keys {seen[key.lower()]!r} and {key!r} differ only in case (lookups ignore case)")
             seen[key.lower()] = key
-        return self
+        return table
 
     def price_of(self, provider: str, model: str) -> tuple[ModelPrice, str] | None:
         """The price of `model` at `provider` and its currency: own table first, then the built-in one."""

@@ -99,8 +99,7 @@ class RedisLeases:
             from redis import Redis
         except ImportError as exc:
             raise ConfigError(
-                "LIGHTMEM_REDIS_URL is set but the redis client is not installed: "
-                "pip install 'lightmem-mcp[redis]'"
+                "LIGHTMEM_REDIS_URL is set but the redis client is not installed: pip install 'lightmem-mcp[redis]'"
             ) from exc
         # Short timeouts: a lease is an optimisation over idempotent work, never worth a stall.
         return cls(Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))

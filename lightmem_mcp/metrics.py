@@ -53,9 +53,7 @@ class Metrics:
             buckets=_TOOL_BUCKETS,
             registry=self.registry,
         )
-        self.inflight = Gauge(
-            "lightmem_inflight_requests", "MCP requests being handled now.", registry=self.registry
-        )
+        self.inflight = Gauge("lightmem_inflight_requests", "MCP requests being handled now.", registry=self.registry)
         self.llm_calls = Counter(
             "lightmem_llm_calls",
             "LLM calls (all retries of one call together) by purpose and outcome.",

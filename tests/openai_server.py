@@ -284,6 +284,18 @@ def _render(reply: Reply, request: ChatRequest) -> tuple[int, dict[str, Any]]:
     }
 
 
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """A usage block with exact figures, for `Reply(usage=...)`: cache hits reported both ways, as DeepSeek does."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "prompt_cache_hit_tokens": cached,
+        "prompt_cache_miss_tokens": prompt - cached,
+    }
+
+
 def _usage(request: ChatRequest, answer: str, cached: int) -> dict[str, Any]:
     # About four characters a token, like the real tokenizers on English text; both the
     # OpenAI and the DeepSeek way of reporting cache hits, as DeepSeek itself does.

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from mcp import Client
 
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters, record_id
+from lightmem_mcp.server import MemoryProvider, build_server
 from tests.conftest import open_memory
 from tests.openai_server import ChatRequest, FakeLLMServer, Reply, prompt_messages
 
@@ -237,7 +239,9 @@ def test_all_users_runs_each_user_within_their_own_memory(memory: Memory, llm_se
     # Each user's targets were judged against that user's newer facts only.
     for request in llm_server.requests[-2:]:
         assert len(targets(request)) == len(set(targets(request)))
-    ravi_facts = {str(p.payload["text"]): p.payload for p in memory.store.scroll(RecordFilter("ravi", kinds=("fact",)), 100)}
+    ravi_facts = {
+        str(p.payload["text"]): p.payload for p in memory.store.scroll(RecordFilter("ravi", kinds=("fact",)), 100)
+    }
     assert ravi_facts["Maya lives in Berlin, Germany."]["status"] == "superseded"
     maya_munich = facts(memory)["Maya lives in Munich, Germany."]["id"]
     assert ravi_facts["Maya lives in Berlin, Germany."]["superseded_by"] != maya_munich
@@ -252,3 +256,34 @@ def test_consolidation_without_an_llm_says_how_to_configure_one(
             service.consolidate(MAYA)
     finally:
         service.close()
+
+
+@pytest.mark.anyio
+async def test_the_mcp_tools_consolidate_with_progress_and_show_history(
+    memory: Memory, llm_server: FakeLLMServer
+) -> None:
+    settings = memory._settings
+    client = Client(build_server(settings, MemoryProvider(settings, lambda _: memory)))
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    llm_server.script(judge)
+    async with client:
+        dry = await client.call_tool("consolidate", {"user_id": "maya", "dry_run": True})
+        assert not dry.is_error and dry.structured_content is not None
+        assert dry.structured_content["superseded"] == 1
+        llm_server.script(judge)
+        done = await client.call_tool("consolidate", {"user_id": "maya"}, progress_callback=on_progress)
+        assert not done.is_error and done.structured_content is not None
+        assert (done.structured_content["updated"], done.structured_content["superseded"]) == (1, 1)
+        assert progress and progress[-1][0] == progress[-1][1]  # ends at 100 %
+        target = done.structured_content["changes"][0]["target_id"]
+        history = await client.call_tool("memory_history", {"id": target, "user_id": "maya"})
+        assert history.structured_content is not None
+        assert [v["status"] for v in history.structured_content["versions"]] == ["superseded", "active"]
+        other = await client.call_tool("memory_history", {"id": target, "user_id": "ravi"})
+        assert other.is_error and "no memory" in str(other.content[0].text)  # type: ignore[union-attr]
+        bad = await client.call_tool("consolidate", {"user_id": "maya", "since": "yesterday-ish"})
+        assert bad.is_error and "since" in str(bad.content[0].text)  # type: ignore[union-attr]

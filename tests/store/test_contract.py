@@ -447,3 +447,31 @@ def test_pending_scopes_lists_each_scope_with_pending_turns_once(store: VectorSt
     assert sorted(store.pending_scopes(100), key=str) == sorted(
         [("alice", None, None), ("alice", None, "s1"), ("bob", "coder", None)], key=str
     )
+
+
+# -- scan: every point, for export and accounting --------------------------------------------
+
+
+def test_scan_pages_through_every_point_of_every_user_in_id_order(store: VectorStore) -> None:
+    ledger = StoredPoint(record_id("call"), None, None, {**memory("call").payload, "kind": "llm_call"})
+    points = [*conversation(), *filter_set("bob"), ledger]
+    store.upsert(points)
+
+    everything = list(store.scan(page_size=2))
+
+    assert [p.id for p in everything] == sorted(p.id for p in points)
+    assert {p.id: p.payload for p in everything} == {p.id: p.payload for p in points}
+    assert sorted(names(list(store.scan(ALICE, page_size=3)))) == ["call", "m0", "m1", "m2", "m3"]
+    assert list(store.scan(RecordFilter("nobody"))) == []
+
+
+def test_scan_returns_dense_vectors_on_request_and_none_for_vectorless_points(store: VectorStore) -> None:
+    ledger = StoredPoint(record_id("call"), None, None, {**memory("call").payload, "kind": "llm_call"})
+    store.upsert([memory("a", dense=unit("a-vector")), ledger])
+
+    found = {names([p])[0]: p for p in store.scan(with_vectors=True)}
+
+    assert found["call"].dense is None
+    assert found["a"].dense is not None
+    assert max(abs(x - y) for x, y in zip(found["a"].dense, unit("a-vector"), strict=True)) < 1e-5
+    assert all(p.dense is None for p in store.scan())

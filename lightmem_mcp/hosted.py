@@ -1,0 +1,334 @@
+"""Hosted mode: the MCP server over streamable HTTP (`/mcp`) or SSE (`/sse`), with auth, probes and metrics.
+
+The app is the SDK's transport app (its auth middleware, 401 challenges, protected-resource
+metadata, DNS-rebinding checks and body-size limit) mounted under a small Starlette app that
+adds `/healthz`, `/readyz` and `/metrics` (unauthenticated: they carry no user data) and owns
+the lifespan: the `Memory` opens once per process and closes once, at shutdown.
+
+Streamable HTTP is stateless (JSON responses), so any replica answers any request behind a
+round-robin load balancer. SSE keeps a session in the process that opened the stream, so SSE
+clients need sticky sessions.
+
+On SIGTERM the server stops accepting connections, lets the MCP requests in flight finish (up to
+`LIGHTMEM_HTTP_SHUTDOWN_TIMEOUT_S`), ends SSE streams, then closes the `Memory` (running
+extraction finishes, the store is flushed and closed). Every acknowledged add was already
+durable in the store before its answer was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import anyio
+import uvicorn
+from mcp.server.auth.settings import AuthSettings as ProtectedResourceSettings
+from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import disable_created_metrics
+from pydantic import AnyHttpUrl
+from sse_starlette.sse import AppStatus
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from lightmem_mcp.auth import RequestToken, build_verifier
+from lightmem_mcp.config import HttpSettings, Settings
+from lightmem_mcp.lease import LocalLeases, RedisLeases, open_leases
+from lightmem_mcp.memory import Memory
+from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
+from lightmem_mcp.records import AddResult, Message, RecordFilter, Scope
+from lightmem_mcp.server import MemoryProvider, build_server
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["http", "sse"]
+MCP_PATH = "/mcp"
+SSE_PATH = "/sse"
+SSE_MESSAGE_PATH = "/messages/"
+# A user id no tenant can have (control characters are refused in scopes): readiness counts its records.
+_PROBE_USER = "\x00readyz"
+_PROBE_TIMEOUT_S = 5.0
+_AFTER_DRAIN_TIMEOUT_S = 5.0
+
+
+class MeteredMemory(Memory):
+    """The `Memory` of a server process, reporting the messages it stores to the metrics."""
+
+    metrics: Metrics | None = None
+
+    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult:
+        """Store the messages, then count them and their tokens before and after compression."""
+        result = super().add(messages, scope)
+        if self.metrics is not None:
+            # The stored records are the truth about what compression kept.
+            stored = self.store.scroll(RecordFilter(scope.user_id, ids=tuple(result.ids)), len(result.ids))
+            self.metrics.turns_stored(point.payload for point in stored)
+        return result
+
+
+@dataclass
+class HostedApp:
+    """The ASGI app of one server process, and what its shutdown needs."""
+
+    app: Starlette
+    metrics: Metrics
+    provider: MemoryProvider
+
+
+def build_app(settings: Settings, transport: Transport, provider: MemoryProvider | None = None) -> HostedApp:
+    """The HTTP app for `transport`; raises `ConfigError` when the auth settings are unusable."""
+    http = settings.http
+    metrics = Metrics()
+    leases = open_leases(settings.leases)
+    memory_provider = provider or MemoryProvider(settings, lambda s: _open_memory(s, metrics, leases))
+    verifier = build_verifier(settings.auth)
+    if verifier is None and not _is_loopback(http.host):
+        print(
+            f"lightmem-mcp: WARNING: LIGHTMEM_AUTH_MODE=none on {http.host}: anyone who reaches this port can "
+            "read and delete every user's memories. Use it only on a trusted network.",
+            file=sys.stderr,
+            flush=True,
+        )
+    base_url = _base_url(http)
+    resource_url = settings.auth.resource_url or base_url + (MCP_PATH if transport == "http" else SSE_PATH)
+    protected = (
+        ProtectedResourceSettings(
+            # Static tokens have no authorization server; the metadata then names this server.
+            issuer_url=AnyHttpUrl(settings.auth.issuer or base_url),
+            resource_server_url=AnyHttpUrl(resource_url),
+            required_scopes=settings.auth.required_scopes or None,
+            validate_token_resource=False,  # the verifiers check the audience themselves
+        )
+        if verifier is not None
+        else None
+    )
+    server = build_server(settings, memory_provider, auth=protected, token_verifier=verifier, close_on_exit=False)
+    server.middleware.extend([RequestMetrics(metrics), RequestToken()])
+
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=http.dns_rebinding_protection,
+        allowed_hosts=allowed_hosts(http),
+        allowed_origins=allowed_origins(http),
+    )
+    if transport == "http":
+        mcp_app = server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            json_response=True,
+            stateless_http=True,
+            max_request_body_size=http.max_request_bytes,
+            transport_security=security,
+            host=http.host,
+        )
+    else:
+        mcp_app = server.sse_app(
+            sse_path=SSE_PATH,
+            message_path=SSE_MESSAGE_PATH,
+            max_request_body_size=http.max_request_bytes,
+            transport_security=security,
+            host=http.host,
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        metrics.know_tools(tool.name for tool in await server.list_tools())
+        if settings.server.warmup:
+            memory_provider.start()
+        try:
+            async with mcp_app.router.lifespan_context(mcp_app):
+                yield
+        finally:
+            await memory_provider.close()
+            if isinstance(leases, RedisLeases):
+                leases.close()
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        checks = await readiness(memory_provider, settings)
+        ready = all(check["ok"] for check in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    async def metrics_page(_: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
+            Mount("/", app=mcp_app),
+        ],
+        lifespan=lifespan,
+    )
+    return HostedApp(app, metrics, memory_provider)
+
+
+def _open_memory(settings: Settings, metrics: Metrics, leases: LocalLeases | RedisLeases) -> Memory:
+    memory = MeteredMemory.open(settings)
+    assert isinstance(memory, MeteredMemory)
+    memory.metrics = metrics
+    memory.ledger.listen(metrics.llm_called)
+    memory.buffer.leases = leases
+    memory.buffer.lease_ttl_s = settings.leases.lease_ttl_s
+    also_told = memory.buffer.on_facts
+
+    def on_facts(scope: Scope, count: int) -> None:
+        metrics.facts_stored(count)
+        if also_told is not None:
+            also_told(scope, count)
+
+    memory.buffer.on_facts = on_facts
+    return memory
+
+
+async def readiness(provider: MemoryProvider, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Named checks, each with `ok`: store reachable, models loaded, LLM configured or deliberately off."""
+    llm = settings.llm
+    checks: dict[str, dict[str, Any]] = {
+        "llm": {"ok": True, "provider": llm.provider, "model": llm.model}
+        if llm.provider != "none"
+        else {"ok": True, "provider": "none", "extraction": "off (LIGHTMEM_LLM_PROVIDER=none)"}
+    }
+    future = provider.start()  # also retries a load that failed
+    if not future.done():
+        loading = {"ok": False, "error": "loading the embedding model and opening the store"}
+        return {"store": loading, "embedding": loading, **checks}
+    failure = future.exception()
+    if failure is not None:
+        failed = {"ok": False, "error": f"{type(failure).__name__}: {failure}"}
+        return {"store": failed, "embedding": failed, **checks}
+    memory = future.result()
+    try:
+        with anyio.fail_after(_PROBE_TIMEOUT_S):
+            await anyio.to_thread.run_sync(
+                lambda: memory.store.count(RecordFilter(_PROBE_USER)), abandon_on_cancel=True
+            )
+        store: dict[str, Any] = {"ok": True, "backend": "qdrant server" if settings.store.qdrant_url else "embedded"}
+    except Exception as exc:
+        store = {"ok": False, "error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__}
+    compressor = memory.compressor
+    compression: dict[str, Any] = {"ok": compressor.status != "unavailable", "status": compressor.status}
+    if compressor.reason:
+        compression["reason"] = compressor.reason
+    return {
+        "store": store,
+        "embedding": {"ok": True, "model": memory.embedder.id},
+        "compression": compression,
+        **checks,
+    }
+
+
+def allowed_hosts(http: HttpSettings) -> list[str]:
+    """Host headers the MCP endpoints accept: the bound address, localhost, the public URL's host, extras."""
+    hosts = _local_hosts(http)
+    if http.public_url:
+        hosts.append(urlsplit(http.public_url).netloc)  # clients send the port only when it is not the default
+    return list(dict.fromkeys([*hosts, *http.allowed_hosts]))
+
+
+def allowed_origins(http: HttpSettings) -> list[str]:
+    """Origin headers the MCP endpoints accept (requests without one are always accepted)."""
+    origins = [f"http://{host}" for host in _local_hosts(http)]
+    if http.public_url:
+        public = urlsplit(http.public_url)
+        origins.append(f"{public.scheme}://{public.netloc}")
+    return list(dict.fromkeys([*origins, *http.allowed_origins]))
+
+
+def _local_hosts(http: HttpSettings) -> list[str]:
+    hosts = [f"127.0.0.1:{http.port}", f"localhost:{http.port}", f"[::1]:{http.port}"]
+    if not _is_wildcard(http.host):
+        hosts.append(f"{_url_host(http.host)}:{http.port}")
+    return hosts
+
+
+def _base_url(http: HttpSettings) -> str:
+    if http.public_url:
+        return http.public_url.rstrip("/")
+    host = "localhost" if _is_wildcard(http.host) else _url_host(http.host)
+    return f"http://{host}:{http.port}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a shutdown that lets in-flight MCP requests finish before SSE streams end."""
+
+    def __init__(self, config: uvicorn.Config, metrics: Metrics, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._metrics = metrics
+        self._drain_timeout_s = drain_timeout_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, wait for in-flight requests, end the streams, then shut down as uvicorn does."""
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle keep-alive connections close; busy ones close after their answer
+        deadline = time.monotonic() + self._drain_timeout_s
+        while self._metrics.requests_in_flight and time.monotonic() < deadline and not self.force_exit:
+            await asyncio.sleep(0.05)
+        if self._metrics.requests_in_flight:
+            log.warning("shutting down with %d request(s) unfinished", self._metrics.requests_in_flight)
+        AppStatus.should_exit = True  # answers are sent: the SSE streams may end now
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings, transport: Transport) -> bool:
+    """Run the HTTP server until SIGTERM or SIGINT; False when it could not start (e.g. the port is taken)."""
+    hosted = build_app(settings, transport)
+    # `_created` series would double what Prometheus stores and say nothing a scrape does not.
+    disable_created_metrics()
+    # SSE streams must outlive the SIGTERM until the answers in flight are sent; DrainingServer ends them.
+    AppStatus.enable_automatic_graceful_drain = False  # what disable_automatic_graceful_drain() sets
+    config = uvicorn.Config(
+        hosted.app,
+        host=settings.http.host,
+        port=settings.http.port,
+        log_config=None,  # keep the process's logging: stderr, LIGHTMEM_LOG_LEVEL
+        log_level=settings.server.log_level.lower(),
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(_AFTER_DRAIN_TIMEOUT_S),
+    )
+    server = DrainingServer(config, hosted.metrics, settings.http.shutdown_timeout_s)
+    # uvicorn raises a SIGTERM again once it has shut down gracefully; exit with 0 then, the
+    # status of a clean stop, rather than die of the signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    server.run()
+    return server.started
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

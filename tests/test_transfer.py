@@ -1,0 +1,308 @@
+"""Export and import: a round trip restores the same points and the same search results."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightmem_mcp import transfer
+from lightmem_mcp.config import PipelineSettings, Settings, StoreSettings
+from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.errors import InvalidInput
+from lightmem_mcp.memory import Memory
+from lightmem_mcp.records import Message, RecordFilter, Scope, StoredPoint, record_id
+from lightmem_mcp.store import VectorStore
+from tests.conftest import open_memory
+from tests.openai_server import FakeLLMServer, facts_per_message
+
+CLI = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "lightmem-mcp"
+ALICE = Scope("alice", session_id="s1")
+BOB = Scope("bob")
+QUERIES = [
+    (ALICE, "what pet do I have"),
+    (ALICE, "where do I work"),
+    (ALICE, "ZX-4471"),
+    (Scope("alice"), "trip in July"),
+    (BOB, "dog at the beach"),
+]
+
+Snapshot = dict[str, tuple[dict[str, Any], list[float] | None]]
+
+
+def snapshot(store: VectorStore) -> Snapshot:
+    """Every point of every user: payload and dense vector."""
+    return {p.id: (dict(p.payload), p.dense) for p in store.scan(with_vectors=True)}
+
+
+def results(memory: Memory) -> list[list[tuple[str, float]]]:
+    """(id, score) of each query's hits, hybrid and dense, in rank order."""
+    return [
+        [(hit.id, hit.score) for hit in memory.search(query, scope, limit=10, mode=mode).hits]
+        for scope, query in QUERIES
+        for mode in ("hybrid", "dense")
+    ]
+
+
+def assert_same_results(got: list[list[tuple[str, float]]], want: list[list[tuple[str, float]]]) -> None:
+    assert [[i for i, _ in hits] for hits in got] == [[i for i, _ in hits] for hits in want]
+    for got_hits, want_hits in zip(got, want, strict=True):
+        assert [s for _, s in got_hits] == pytest.approx([s for _, s in want_hits], abs=1e-5)
+
+
+@pytest.fixture
+def filled(settings: Settings, embedder: SentenceTransformerEmbedder, llm_server: FakeLLMServer) -> Iterator[Memory]:
+    """Two users' turns, facts extracted by the scripted LLM (with their ledger), a superseded fact with
+    its history, and a vector-less progress point."""
+    extracting = settings.model_copy(
+        update={"llm": llm_server.settings(), "pipeline": PipelineSettings(buffer_tokens=100_000)}
+    )
+    memory = open_memory(extracting, embedder)
+    memory.add(
+        [
+            Message(role="user", content="I adopted a grey cat named Luna last week.", id="m1"),
+            Message(role="assistant", content="Congratulations! How is Luna settling in?", id="m2"),
+            Message(role="user", content="I work night shifts as a nurse at Boston General.", id="m3"),
+            Message(role="user", content="My order number for the new sofa is ZX-4471.", id="m4"),
+        ],
+        ALICE,
+    )
+    memory.add(
+        [Message(role="user", content="We are planning a hiking trip to the Dolomites in July.")], Scope("alice")
+    )
+    memory.add([Message(role="user", content="My dog Rex loves the beach.", id="r1")], BOB)
+    llm_server.script(facts_per_message("Alice said"), facts_per_message("Bob said"))
+    memory.flush(ALICE)
+    memory.flush(BOB)
+    (old_fact, new_fact) = sorted(p.id for p in memory.store.scroll(RecordFilter("alice", kinds=("fact",)), 2))
+    memory.store.set_payload(
+        RecordFilter("alice", ids=(old_fact,)),
+        {
+            "status": "superseded",
+            "superseded_by": new_fact,
+            "history": [{"action": "update", "old_text": "before", "new_text": "after", "sources": [new_fact]}],
+        },
+    )
+    progress = {"user_id": "alice", "agent_id": None, "session_id": None, "kind": "progress", "event_ts": 0.0}
+    memory.store.upsert([StoredPoint(record_id(Scope("alice"), "progress", "consolidation"), None, None, progress)])
+    yield memory
+    memory.close()
+
+
+@pytest.fixture
+def empty(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> Iterator[Memory]:
+    memory = open_memory(Settings(store=StoreSettings(data_dir=tmp_path / "restored")), embedder)
+    yield memory
+    memory.close()
+
+
+def exported(memory: Memory, scope: Scope | None = None, vectors: bool = False) -> str:
+    out = io.StringIO()
+    memory.export_records(out, scope, vectors=vectors)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("vectors", [False, True], ids=["re-embedded", "with-vectors"])
+def test_a_round_trip_restores_every_point_and_the_same_search_results(
+    filled: Memory, empty: Memory, vectors: bool
+) -> None:
+    before = snapshot(filled.store)
+
+    result = empty.import_records(io.StringIO(exported(filled, vectors=vectors)))
+
+    after = snapshot(empty.store)
+    assert {i: payload for i, (payload, _) in after.items()} == {i: payload for i, (payload, _) in before.items()}
+    assert {i for i, (_, dense) in after.items() if dense is None} == {i for i, (_, d) in before.items() if d is None}
+    assert {p["kind"] for p, _ in after.values()} == {"turn", "fact", "llm_call", "progress"}
+    embedded = sum(1 for _, dense in before.values() if dense is not None)
+    assert (result.points, result.embedded, result.vectors_kept) == (
+        len(before),
+        0 if vectors else embedded,
+        embedded if vectors else 0,
+    )
+    for point_id, (_, dense) in before.items():
+        if dense is not None:
+            restored = after[point_id][1]
+            assert restored is not None
+            if vectors:
+                assert restored == dense  # written as exported, bit for bit
+            else:
+                assert restored == pytest.approx(dense, abs=1e-5)
+    assert_same_results(results(empty), results(filled))
+
+
+def test_importing_twice_changes_nothing(filled: Memory, empty: Memory) -> None:
+    export = exported(filled, vectors=True)
+    empty.import_records(io.StringIO(export))
+    once = snapshot(empty.store)
+
+    empty.import_records(io.StringIO(export))
+
+    assert snapshot(empty.store) == once
+    assert_same_results(results(empty), results(filled))
+
+
+def test_a_scope_export_holds_that_scope_only(filled: Memory, empty: Memory) -> None:
+    export = exported(filled, Scope("alice"))
+    header = json.loads(export.splitlines()[0])
+
+    empty.import_records(io.StringIO(export))
+
+    assert header["scope"] == {"user_id": "alice", "agent_id": None, "session_id": None}
+    users = {payload["user_id"] for payload, _ in snapshot(empty.store).values()}
+    assert users == {"alice"}
+    assert empty.store.count(RecordFilter("alice", kinds=("llm_call",))) == 1
+    assert len(snapshot(empty.store)) == len(list(filled.store.scan(RecordFilter("alice"))))
+
+
+def garbage(export: str, embedder_id: str | None = None) -> str:
+    """The export with every dense vector replaced by the same unit vector, and optionally another embedder."""
+    lines = [json.loads(line) for line in export.splitlines()]
+    if embedder_id is not None:
+        lines[0]["embedder"] = embedder_id
+    for line in lines[1:]:
+        if "dense" in line:
+            line["dense"] = [1.0] + [0.0] * (len(line["dense"]) - 1)
+    return "\n".join(json.dumps(line) for line in lines) + "\n"
+
+
+def test_vectors_from_another_embedder_are_recomputed(filled: Memory, empty: Memory) -> None:
+    export = exported(filled, vectors=True)
+    embedded = sum(1 for line in export.splitlines()[1:] if json.loads(line)["embedded"])
+
+    result = empty.import_records(io.StringIO(garbage(export, embedder_id="someone/other-model")))
+
+    assert (result.embedded, result.vectors_kept) == (embedded, 0)
+    before, after = snapshot(filled.store), snapshot(empty.store)
+    for point_id, (_, dense) in before.items():
+        if dense is not None:
+            assert after[point_id][1] == pytest.approx(dense, abs=1e-5)
+
+
+def test_vectors_from_the_same_embedder_are_kept_as_exported(filled: Memory, empty: Memory) -> None:
+    result = empty.import_records(io.StringIO(garbage(exported(filled, vectors=True))))
+
+    assert result.embedded == 0
+    restored = [dense for _, dense in snapshot(empty.store).values() if dense is not None]
+    assert restored and all(dense[:2] == [1.0, 0.0] for dense in restored)
+
+
+def mutate_last(change: Callable[[dict[str, Any]], object]) -> Callable[[list[str]], list[str]]:
+    def apply(lines: list[str]) -> list[str]:
+        last = json.loads(lines[-1])
+        change(last)
+        return [*lines[:-1], json.dumps(last)]
+
+    return apply
+
+
+MALFORMED: list[tuple[str, Callable[[list[str]], list[str]], str]] = [
+    ("not json", lambda lines: [*lines[:-1], '{"id": "broken'], "not JSON"),
+    ("a list", lambda lines: [*lines[:-1], "[1, 2]"], "not an object"),
+    ("no user", mutate_last(lambda p: p["payload"].pop("user_id")), "payload.user_id"),
+    ("no text", mutate_last(lambda p: p.update(embedded=True) or p["payload"].pop("text", None)), "payload.text"),
+    ("bad id", mutate_last(lambda p: p.update(id="not-a-uuid")), ": id"),
+    ("unknown field", mutate_last(lambda p: p.update(colour="red")), ": colour"),
+    (
+        "short vector",
+        mutate_last(lambda p: p.update(embedded=True, dense=[0.5, 0.5]) or p["payload"].setdefault("text", "words")),
+        ": dense",
+    ),
+    ("repeated id", lambda lines: [*lines, lines[1]], "repeats line 2"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), [(c, f) for _, c, f in MALFORMED], ids=[n for n, _, _ in MALFORMED])
+def test_a_malformed_line_is_refused_with_its_number_and_nothing_is_written(
+    filled: Memory, empty: Memory, monkeypatch: pytest.MonkeyPatch, change: Callable[[list[str]], list[str]], field: str
+) -> None:
+    monkeypatch.setattr(transfer, "_BATCH", 2)  # many batches: the valid ones must not be written either
+    lines = change(exported(filled).splitlines())
+    bad_line = len(lines)
+
+    with pytest.raises(InvalidInput) as refused:
+        empty.import_records(io.StringIO("\n".join(lines) + "\n"))
+
+    message = str(refused.value)
+    assert f"line {bad_line}" in message
+    assert field in message
+    assert list(empty.store.scan()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("", "line 1"),
+        ('{"id": "00000000-0000-0000-0000-000000000000", "embedded": false, "payload": {}}\n', "line 1: format"),
+        (
+            '{"format": "lightmem-mcp-export", "version": 99, "schema_version": 1, "embedder": "e", "dimension": 1, '
+            '"lexical": "l", "vectors": false, "scope": null, "exported_at": "now"}\n',
+            "upgrade lightmem-mcp",
+        ),
+    ],
+    ids=["empty", "no header", "newer version"],
+)
+def test_a_file_without_a_usable_header_is_refused(empty: Memory, text: str, field: str) -> None:
+    with pytest.raises(InvalidInput, match=field):
+        empty.import_records(io.StringIO(text))
+    assert list(empty.store.scan()) == []
+
+
+def test_the_command_line_exports_to_stdout_and_imports_from_stdin(
+    filled: Memory, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    source_dir = tmp_path / "data"  # the `settings` fixture's data directory, where `filled` lives
+    want = results(filled)
+    filled.close()  # one process per data directory
+    export_file = tmp_path / "all.jsonl"
+
+    with open(export_file, "w", encoding="utf-8") as out:
+        exported_run = cli(["export", "--vectors"], source_dir, stdout=out)
+    with open(export_file, encoding="utf-8") as source:
+        imported_run = cli(["import", "-"], tmp_path / "copy", stdin=source)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(export_file.read_text(encoding="utf-8").splitlines()[0] + "\n{oops\n", encoding="utf-8")
+    refused_run = cli(["import", str(broken)], tmp_path / "copy")
+    unscoped_run = cli(["export", "--session", "s1"], source_dir)
+
+    assert exported_run.returncode == 0, exported_run.stderr
+    assert json.loads(export_file.read_text(encoding="utf-8").splitlines()[0])["format"] == "lightmem-mcp-export"
+    assert imported_run.returncode == 0, imported_run.stderr
+    assert "0 embedded here" in imported_run.stderr
+    assert (refused_run.returncode, unscoped_run.returncode) == (1, 2)
+    assert "nothing written" in refused_run.stderr
+    assert "line 2" in refused_run.stderr
+    assert "--user" in unscoped_run.stderr
+    copy = open_memory(Settings(store=StoreSettings(data_dir=tmp_path / "copy")), embedder)
+    try:
+        got = results(copy)
+    finally:
+        copy.close()
+    assert_same_results(got, want)
+
+
+def cli(args: list[str], data_dir: Path, stdin: Any = None, stdout: Any = None) -> subprocess.CompletedProcess[str]:
+    """Run `.venv/bin/lightmem-mcp` on `data_dir`; stdout is captured unless a file is given."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LIGHTMEM_")}
+    env.update(
+        LIGHTMEM_DATA_DIR=str(data_dir),
+        LIGHTMEM_EMBEDDING_DEVICE="cpu",
+        LIGHTMEM_LOG_LEVEL="WARNING",
+        HF_HUB_OFFLINE="1",
+    )
+    return subprocess.run(
+        [str(CLI), *args],
+        env=env,
+        stdin=stdin,
+        stdout=stdout or subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=180,
+        check=False,
+    )
