@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= bundled-model,dev
 
-.PHONY: install demo test lint deploy-check bench clean
+.PHONY: install demo test lint deploy-check conformance bench clean
 
 $(BIN)/lightmem-mcp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,21 @@ $(BIN)/kubectl: deploy/check-requirements.txt | $(BIN)/lightmem-mcp
 
 deploy-check: $(BIN)/kubectl
 	$(BIN)/python deploy/check.py
+
+# The official MCP conformance suite against `serve --transport http` on a loopback port. The suite
+# needs Node 22: npm (any version) installs Node 22 and the suite, pinned by scripts/conformance/,
+# into .node/ (git-ignored); scripts/conformance/run.py starts the server and runs the scenarios.
+NODE_DIR ?= .node
+SUITE := $(NODE_DIR)/node_modules/@modelcontextprotocol/conformance/package.json
+
+$(SUITE): scripts/conformance/package.json scripts/conformance/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp scripts/conformance/package.json scripts/conformance/package-lock.json $(NODE_DIR)/
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+conformance: install $(SUITE)
+	$(BIN)/python scripts/conformance/run.py --node-dir $(NODE_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

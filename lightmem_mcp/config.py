@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from lightmem_mcp.errors import ConfigError
 
@@ -561,16 +564,30 @@ def _build_section(name: str, cls: type[BaseSettings], file_values: dict[str, An
         return cls(**{**file_values, **_env_values(cls)})
     except ValidationError as exc:
         raise ConfigError(_explain(name, exc)) from None
+    except SettingsError as exc:  # an env var that should hold JSON does not
+        field = re.search(r'field "(\w+)"', str(exc))
+        where = env_var(name, field.group(1)) if field else f"a [{name}] setting"
+        raise ConfigError(f'invalid configuration:\n  {where}: not valid JSON (e.g. [-2, -1] or ["a"])') from None
 
 
 def _env_values(cls: type[BaseSettings]) -> dict[str, Any]:
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     values: dict[str, Any] = {}
-    for field in cls.model_fields:
+    for field, info in cls.model_fields.items():
         raw = os.environ.get(f"{prefix}{field}".upper())
         if raw is not None:
-            values[field] = raw
+            values[field] = _decode(info, raw)
     return values
+
+
+def _decode(info: FieldInfo, raw: str) -> Any:
+    """List and dict settings come as JSON in env vars, as pydantic-settings reads them (unless NoDecode)."""
+    if NoDecode in info.metadata or get_origin(info.annotation) not in (list, dict):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # validation then names the variable
 
 
 def _explain(section: str, exc: ValidationError) -> str:

@@ -26,7 +26,6 @@ replicas stay correct.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -36,6 +35,7 @@ from pydantic import BaseModel, Field
 from lightmem_mcp.config import ConsolidationSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.lease import Leases, LocalLeases, scope_key
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
@@ -120,6 +120,7 @@ class ConsolidateResult(BaseModel):
 
     dry_run: bool
     users: int = Field(description="Users whose facts were checked.")
+    busy_users: int = Field(default=0, description="Users skipped: another run (or replica) is consolidating them.")
     checked_facts: int = Field(description="Newer facts checked against older ones.")
     targets: int = Field(description="Older facts sent to the LLM for a decision.")
     llm_calls: int
@@ -181,6 +182,8 @@ class Consolidator:
         lexical: LexicalEncoder,
         llm: LLMClient,
         ledger: UsageLedger,
+        leases: Leases | None = None,
+        lease_ttl_s: float = 60.0,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -188,8 +191,9 @@ class Consolidator:
         self._lexical = lexical
         self._llm = llm
         self._ledger = ledger
-        self._guard = threading.Lock()
-        self._user_locks: dict[str, threading.Lock] = {}
+        # One replica (and one thread) at a time consolidates a user; the others skip that user.
+        self._leases = leases or LocalLeases()
+        self._lease_ttl_s = lease_ttl_s
 
     def run(
         self,
@@ -212,10 +216,15 @@ class Consolidator:
             scopes = [scope]
         tally = _Tally()
         error = None
+        busy = 0
         for index, each in enumerate(scopes):
+            lease = self._leases.hold(f"consolidate:{scope_key(Scope(each.user_id))}", self._lease_ttl_s)
             try:
-                with self._user_lock(each.user_id):
-                    self._run_scope(each, since_ts, until_ts, dry_run, tally, progress)
+                with lease as held:
+                    if held or dry_run:
+                        self._run_scope(each, since_ts, until_ts, dry_run, tally, progress)
+                    else:
+                        busy += 1
             except BackendUnavailable as exc:
                 error = str(exc)
                 break
@@ -224,6 +233,7 @@ class Consolidator:
         return ConsolidateResult(
             dry_run=dry_run,
             users=len(scopes),
+            busy_users=busy,
             checked_facts=tally.checked,
             targets=tally.targets,
             llm_calls=tally.calls,
@@ -404,10 +414,6 @@ class Consolidator:
         )
         [vector] = self._embedder.embed_documents([change.new_text])
         return StoredPoint(change.new_id, vector, self._lexical.encode_document(change.new_text), payload)
-
-    def _user_lock(self, user_id: str) -> threading.Lock:
-        with self._guard:
-            return self._user_locks.setdefault(user_id, threading.Lock())
 
 
 def _history(fact: _Fact) -> list[dict[str, Any]]:

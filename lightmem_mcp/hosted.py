@@ -42,10 +42,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Message as ASGIMessage
+from starlette.types import Scope as ASGIScope
 
 from lightmem_mcp.auth import RequestToken, build_verifier
 from lightmem_mcp.config import HttpSettings, Settings
-from lightmem_mcp.lease import LocalLeases, RedisLeases, open_leases
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from lightmem_mcp.records import AddResult, Message, RecordFilter, Scope
@@ -57,8 +59,8 @@ Transport = Literal["http", "sse"]
 MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 SSE_MESSAGE_PATH = "/messages/"
-# A user id no tenant can have (control characters are refused in scopes): readiness counts its records.
-_PROBE_USER = "\x00readyz"
+# Readiness counts this user's records: a cheap read that needs the store to answer.
+_PROBE_USER = "lightmem-readiness-probe"
 _PROBE_TIMEOUT_S = 5.0
 _AFTER_DRAIN_TIMEOUT_S = 5.0
 
@@ -84,15 +86,13 @@ class HostedApp:
 
     app: Starlette
     metrics: Metrics
-    provider: MemoryProvider
 
 
 def build_app(settings: Settings, transport: Transport, provider: MemoryProvider | None = None) -> HostedApp:
     """The HTTP app for `transport`; raises `ConfigError` when the auth settings are unusable."""
     http = settings.http
     metrics = Metrics()
-    leases = open_leases(settings.leases)
-    memory_provider = provider or MemoryProvider(settings, lambda s: _open_memory(s, metrics, leases))
+    memory_provider = provider or MemoryProvider(settings, lambda s: _open_memory(s, metrics))
     verifier = build_verifier(settings.auth)
     if verifier is None and not _is_loopback(http.host):
         print(
@@ -150,8 +150,6 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
                 yield
         finally:
             await memory_provider.close()
-            if isinstance(leases, RedisLeases):
-                leases.close()
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -169,20 +167,18 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_page, methods=["GET"]),
-            Mount("/", app=mcp_app),
+            Mount("/", app=mcp_app if transport == "http" else OneResponse(mcp_app)),
         ],
         lifespan=lifespan,
     )
-    return HostedApp(app, metrics, memory_provider)
+    return HostedApp(app, metrics)
 
 
-def _open_memory(settings: Settings, metrics: Metrics, leases: LocalLeases | RedisLeases) -> Memory:
+def _open_memory(settings: Settings, metrics: Metrics) -> Memory:
     memory = MeteredMemory.open(settings)
     assert isinstance(memory, MeteredMemory)
     memory.metrics = metrics
     memory.ledger.listen(metrics.llm_called)
-    memory.buffer.leases = leases
-    memory.buffer.lease_ttl_s = settings.leases.lease_ttl_s
     also_told = memory.buffer.on_facts
 
     def on_facts(scope: Scope, count: int) -> None:
@@ -282,6 +278,38 @@ def _is_loopback(host: str) -> bool:
             return False
 
 
+class OneResponse:
+    """ASGI guard: a request gets one response; a second one started after it is dropped.
+
+    The SDK's SSE endpoint without auth answers again with an empty response once its event stream
+    has ended, which uvicorn reports as an error at every disconnect and shutdown. The guard ends
+    the stream's response instead, if the stream did not.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """Pass everything through except a second response."""
+        started = ended = dropping = False
+
+        async def once(message: ASGIMessage) -> None:
+            nonlocal started, ended, dropping
+            kind = message["type"]
+            if kind == "http.response.start" and started:
+                dropping = True
+                if not ended:
+                    ended = True
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if dropping and kind.startswith("http.response."):
+                return
+            started = started or kind == "http.response.start"
+            ended = ended or (kind == "http.response.body" and not message.get("more_body", False))
+            await send(message)
+
+        await self._app(scope, receive, once)
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, with a shutdown that lets in-flight MCP requests finish before SSE streams end."""
 
@@ -309,7 +337,7 @@ def serve(settings: Settings, transport: Transport) -> bool:
     """Run the HTTP server until SIGTERM or SIGINT; False when it could not start (e.g. the port is taken)."""
     hosted = build_app(settings, transport)
     # `_created` series would double what Prometheus stores and say nothing a scrape does not.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     # SSE streams must outlive the SIGTERM until the answers in flight are sent; DrainingServer ends them.
     AppStatus.enable_automatic_graceful_drain = False  # what disable_automatic_graceful_drain() sets
     config = uvicorn.Config(

@@ -19,6 +19,7 @@ from lightmem_mcp.consolidate import ConsolidateResult, Consolidator, HistoryEnt
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.extractor import FactExtractor
+from lightmem_mcp.lease import RedisLeases, open_leases
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
@@ -84,7 +85,20 @@ class Memory:
             FactExtractor(self.llm) if self.llm.configured else None,
             self.ledger,
         )
-        self.consolidator = Consolidator(settings.consolidation, store, embedder, lexical, self.llm, self.ledger)
+        # Leases: one replica at a time extracts or consolidates a scope (Redis when replicas share a store).
+        self.leases = open_leases(settings.leases)
+        self.buffer.leases = self.leases
+        self.buffer.lease_ttl_s = settings.leases.lease_ttl_s
+        self.consolidator = Consolidator(
+            settings.consolidation,
+            store,
+            embedder,
+            lexical,
+            self.llm,
+            self.ledger,
+            self.leases,
+            settings.leases.lease_ttl_s,
+        )
         self.summarizer = Summarizer(
             settings.summary, store, embedder, lexical, self.llm, self.ledger, self.compressor.counter
         )
@@ -120,6 +134,8 @@ class Memory:
         """Let running extraction and sleep-time work finish, then flush and release the store."""
         self.sleep.close()
         self.buffer.close()
+        if isinstance(self.leases, RedisLeases):
+            self.leases.close()
         self.store.close()
 
     # -- writing -------------------------------------------------------------------------

@@ -184,7 +184,7 @@ class _Usage:
 
 @dataclass(frozen=True)
 class _AddedTurn:
-    """What the one-call-per-add estimate needs of a turn: it renders the extraction prompt."""
+    """A turn as the one-call-per-add estimate renders it, with its place in its add."""
 
     position: int
     turn: BufferedTurn

@@ -44,7 +44,12 @@ async def test_a_token_from_token_new_is_accepted_with_its_tenant_and_scopes(tmp
     verified = await StaticTokenVerifier(tokens_file, None).verify_token(token)
 
     assert token.startswith("lmk_")
-    assert json.loads(entry) == {"sha256": hash_token(token), "tenant": "acme", "scopes": ["read", "write"], "name": "ci"}
+    assert json.loads(entry) == {
+        "sha256": hash_token(token),
+        "tenant": "acme",
+        "scopes": ["read", "write"],
+        "name": "ci",
+    }
     assert token not in tokens_file.read_text()
     assert isinstance(verified, TenantToken)
     assert (verified.tenant, verified.scopes) == ("acme", ["read", "write"])

@@ -117,3 +117,14 @@ def test_the_readme_documents_every_setting() -> None:
         if f"`{env_var(section, name)}`" not in readme
     ]
     assert missing == []
+
+
+def test_list_settings_take_json_from_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTMEM_PIPELINE_ATTENTION_LAYERS", "[-2, -1]")
+    monkeypatch.setenv("LIGHTMEM_COMPRESSION_FORCE_TOKENS", '["?", "!"]')
+    settings = load_settings()
+    assert settings.pipeline.attention_layers == [-2, -1]
+    assert settings.compression.force_tokens == ["?", "!"]
+    monkeypatch.setenv("LIGHTMEM_PIPELINE_ATTENTION_LAYERS", "[-2,")
+    with pytest.raises(ConfigError, match="LIGHTMEM_PIPELINE_ATTENTION_LAYERS"):
+        load_settings()

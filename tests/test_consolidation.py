@@ -14,6 +14,7 @@ from mcp import Client
 
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.lease import scope_key
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters, record_id
 from lightmem_mcp.server import MemoryProvider, build_server
@@ -287,3 +288,10 @@ async def test_the_mcp_tools_consolidate_with_progress_and_show_history(
         assert other.is_error and "no memory" in str(other.content[0].text)  # type: ignore[union-attr]
         bad = await client.call_tool("consolidate", {"user_id": "maya", "since": "yesterday-ish"})
         assert bad.is_error and "since" in str(bad.content[0].text)  # type: ignore[union-attr]
+
+
+def test_a_user_consolidated_elsewhere_is_skipped_not_run_twice(memory: Memory) -> None:
+    with memory.leases.hold(f"consolidate:{scope_key(MAYA)}", 30) as held:
+        assert held  # as another replica would hold it
+        result = memory.consolidate(MAYA)  # an LLM call here would fail the test: none is scripted
+    assert (result.busy_users, result.llm_calls, result.checked_facts) == (1, 0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lightmem_mcp.auth import new_token, token_line
 from lightmem_mcp.config import Settings, StoreSettings
 from lightmem_mcp.extractor import PURPOSE
+from lightmem_mcp.hosted import OneResponse
 from lightmem_mcp.server import build_server
 from tests.hosted_server import HostedServer, call, error_of
 from tests.openai_server import FakeLLMServer, Reply, facts_per_message
@@ -89,15 +91,6 @@ def http_server(
     assert server.terminate() == 0, server.log()
 
 
-@pytest.fixture(scope="module")
-def sse_server(
-    tmp_path_factory: pytest.TempPathFactory, tokens: dict[str, Any], tiny_model: Path
-) -> Iterator[HostedServer]:
-    server = start_ready(HostedServer(tmp_path_factory.mktemp("sse"), "sse", hosted_env(tokens, tiny_model)))
-    yield server
-    assert server.terminate() == 0, server.log()
-
-
 def turns(prefix: str) -> list[dict[str, str]]:
     return [
         {"role": "user", "content": LONG_TURN, "id": f"{prefix}-1"},
@@ -146,21 +139,34 @@ async def test_every_tool_is_served_over_streamable_http(
     assert (flushed["llm_calls"], flushed["facts"], flushed["pending_turns"]) == (1, 1, 0)
 
 
-async def test_every_tool_is_served_over_sse_with_the_same_tenancy(
-    sse_server: HostedServer, tokens: dict[str, Any]
+async def test_over_sse_every_tool_answers_with_the_same_tenancy_and_sigterm_ends_the_streams(
+    tmp_path: Path, tokens: dict[str, Any], tiny_model: Path
 ) -> None:
-    async with sse_server.session(tokens["alice"]) as session:
-        await round_trip(session, "sse")
-        await call(session, "add_memory", {"messages": turns("kept")})
-        refused = await error_of(session, "list_memories", {"user_id": "bob"})
-    async with sse_server.session(tokens["reader"]) as session:
-        forbidden = await error_of(session, "add_memory", {"messages": turns("nope")})
-        readable = await call(session, "list_memories", {})
+    server = start_ready(HostedServer(tmp_path / "data", "sse", hosted_env(tokens, tiny_model)))
+    process = server.process
+    assert process is not None
+    try:
+        async with server.session(tokens["alice"]) as session:
+            await round_trip(session, "sse")
+            await call(session, "add_memory", {"messages": turns("kept")})
+            refused = await error_of(session, "list_memories", {"user_id": "bob"})
+        async with server.session(tokens["reader"]) as session:
+            forbidden = await error_of(session, "add_memory", {"messages": turns("nope")})
+            readable = await call(session, "list_memories", {})
+        with contextlib.suppress(Exception):  # the client sees its stream end
+            async with server.session(tokens["alice"]) as session:
+                await call(session, "list_memories", {})
+                process.send_signal(signal.SIGTERM)  # with the stream open
+                await anyio.to_thread.run_sync(process.wait)
+    finally:
+        exit_code = server.terminate()
 
     assert "'bob' is not the tenant of this token" in refused
     assert forbidden.endswith("forbidden: this token lacks the 'write' scope")
     assert {r["user_id"] for r in readable["records"]} == {"alice"}
     assert len(readable["records"]) == 2
+    assert exit_code == 0, server.log()
+    assert "Traceback" not in server.log()
 
 
 async def test_probes_answer_without_a_token(http_server: HostedServer) -> None:
@@ -425,3 +431,24 @@ async def test_jwt_mode_takes_tenant_and_scopes_from_the_token(tmp_path: Path) -
     assert statuses == [401, 401, 401, 401]
     assert metadata["authorization_servers"] == [idp.issuer]
     assert rc == 0
+
+
+async def test_a_second_response_to_one_request_is_dropped_and_the_first_completed() -> None:
+    async def answers_twice(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"event: endpoint\n\n", "more_body": True})
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # what the SDK's SSE GET does
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await OneResponse(answers_twice)({"type": "http"}, receive, send)
+
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body", "http.response.body"]
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

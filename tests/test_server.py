@@ -30,6 +30,7 @@ TOOLS = {
     "consolidate": (False, False, True),
     "summarize": (False, False, True),
     "memory_history": (True, None, True),
+    "stats": (True, None, True),
 }
 
 

@@ -56,14 +56,9 @@ def assert_same_results(got: list[list[tuple[str, float]]], want: list[list[tupl
         assert [s for _, s in got_hits] == pytest.approx([s for _, s in want_hits], abs=1e-5)
 
 
-@pytest.fixture
-def filled(settings: Settings, embedder: SentenceTransformerEmbedder, llm_server: FakeLLMServer) -> Iterator[Memory]:
+def fill(memory: Memory, llm_server: FakeLLMServer) -> None:
     """Two users' turns, facts extracted by the scripted LLM (with their ledger), a superseded fact with
     its history, and a vector-less progress point."""
-    extracting = settings.model_copy(
-        update={"llm": llm_server.settings(), "pipeline": PipelineSettings(buffer_tokens=100_000)}
-    )
-    memory = open_memory(extracting, embedder)
     memory.add(
         [
             Message(role="user", content="I adopted a grey cat named Luna last week.", id="m1"),
@@ -91,8 +86,34 @@ def filled(settings: Settings, embedder: SentenceTransformerEmbedder, llm_server
     )
     progress = {"user_id": "alice", "agent_id": None, "session_id": None, "kind": "progress", "event_ts": 0.0}
     memory.store.upsert([StoredPoint(record_id(Scope("alice"), "progress", "consolidation"), None, None, progress)])
+
+
+def extracting(settings: Settings, llm_server: FakeLLMServer) -> Settings:
+    return settings.model_copy(
+        update={"llm": llm_server.settings(), "pipeline": PipelineSettings(buffer_tokens=100_000)}
+    )
+
+
+@pytest.fixture
+def filled(settings: Settings, embedder: SentenceTransformerEmbedder, llm_server: FakeLLMServer) -> Iterator[Memory]:
+    memory = open_memory(extracting(settings, llm_server), embedder)
+    fill(memory, llm_server)
     yield memory
     memory.close()
+
+
+@pytest.fixture(scope="module")
+def sample_export(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> str:
+    """An export with vectors of a filled store, made once for the tests that only read it."""
+    server = FakeLLMServer().start()
+    settings = Settings(store=StoreSettings(data_dir=tmp_path_factory.mktemp("sample")))
+    memory = open_memory(extracting(settings, server), embedder)
+    try:
+        fill(memory, server)
+        return exported(memory, vectors=True)
+    finally:
+        memory.close()
+        server.stop()
 
 
 @pytest.fixture
@@ -220,10 +241,14 @@ MALFORMED: list[tuple[str, Callable[[list[str]], list[str]], str]] = [
 
 @pytest.mark.parametrize(("change", "field"), [(c, f) for _, c, f in MALFORMED], ids=[n for n, _, _ in MALFORMED])
 def test_a_malformed_line_is_refused_with_its_number_and_nothing_is_written(
-    filled: Memory, empty: Memory, monkeypatch: pytest.MonkeyPatch, change: Callable[[list[str]], list[str]], field: str
+    sample_export: str,
+    empty: Memory,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[list[str]], list[str]],
+    field: str,
 ) -> None:
     monkeypatch.setattr(transfer, "_BATCH", 2)  # many batches: the valid ones must not be written either
-    lines = change(exported(filled).splitlines())
+    lines = change(sample_export.splitlines())
     bad_line = len(lines)
 
     with pytest.raises(InvalidInput) as refused:
@@ -306,3 +331,19 @@ def cli(args: list[str], data_dir: Path, stdin: Any = None, stdout: Any = None) 
         timeout=180,
         check=False,
     )
+
+
+class Pipe(io.StringIO):
+    """A stream that cannot seek, like stdin fed by a pipe."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def test_an_export_read_from_a_pipe_is_validated_then_written(sample_export: str, empty: Memory) -> None:
+    result = empty.import_records(Pipe(sample_export))
+
+    assert result.points == len(sample_export.splitlines()) - 1
+    assert len(list(empty.store.scan())) == result.points
+    with pytest.raises(InvalidInput, match="line 2"):
+        empty.import_records(Pipe(sample_export.splitlines()[0] + "\n{oops\n"))
