@@ -217,7 +217,8 @@ class Summarizer:
         """Earlier facts most like the window: LightMem's cross-event seeds."""
         if not self._settings.seeds:
             return []
-        vectors = self._embedder.embed_documents([e.text for e in group[:64]])
+        stored = [e.point.dense for e in group if e.point.dense is not None]
+        vectors = stored if len(stored) == len(group) else self._embedder.embed_documents([e.text for e in group])
         centroid = [sum(column) / len(vectors) for column in zip(*vectors, strict=True)]
         where = RecordFilter(
             scope.user_id, scope.agent_id, kinds=("fact",), statuses=("active",), until_ts=group[0].ts - 1e-6
