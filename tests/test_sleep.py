@@ -1,0 +1,81 @@
+"""The sleep-time schedule: after enough new facts, consolidation then summaries run in the background."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings, SleepSettings
+from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.records import RecordFilter
+from tests.conftest import open_memory
+from tests.openai_server import ChatRequest, FakeLLMServer
+from tests.test_summarize import MAYA, MONDAY, TUESDAY, extract, messages, summarize_answer
+
+
+def test_the_schedule_consolidates_and_summarizes_after_enough_new_facts(
+    settings: Settings, llm_server: FakeLLMServer, embedder: SentenceTransformerEmbedder
+) -> None:
+    scheduled = settings.model_copy(
+        update={
+            "llm": llm_server.settings(max_retries=0),
+            "pipeline": PipelineSettings(buffer_tokens=10_000),
+            "sleep": SleepSettings(after_facts=2),
+            # No fact here is like another: consolidation checks them all and calls no LLM.
+            "consolidation": ConsolidationSettings(score_threshold=0.99),
+        }
+    )
+    service = open_memory(scheduled, embedder)
+    service.sleep.start()
+    try:
+
+        def route(request: ChatRequest) -> dict[str, Any]:
+            if "keep a long-term memory" in request.system:
+                return {"decisions": []}
+            return summarize_answer(request)
+
+        llm_server.script(extract, route, route)
+        service.add(messages(MONDAY + TUESDAY), MAYA)
+        service.flush(MAYA)  # 4 facts: the schedule wakes up
+        deadline = time.monotonic() + 60
+        while service.sleep.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.sleep.runs == 1
+        waiting = RecordFilter("maya", kinds=("fact",), stages=("extracted",))
+        assert service.store.count(waiting) == 0  # every new fact was checked
+        days = sorted(
+            str(p.payload["window_key"]) for p in service.store.scroll(RecordFilter("maya", kinds=("summary",)), 10)
+        )
+        assert days == ["2024-05-06", "2024-05-07"]
+        # The progress mark is in the store: a second run finds nothing new and calls no LLM.
+        service.sleep.run_once(["maya"])
+        assert llm_server.pending == 0
+    finally:
+        service.close()
+
+
+def test_the_interval_runs_on_its_own(
+    settings: Settings, llm_server: FakeLLMServer, embedder: SentenceTransformerEmbedder
+) -> None:
+    scheduled = settings.model_copy(
+        update={
+            "llm": llm_server.settings(max_retries=0),
+            "pipeline": PipelineSettings(buffer_tokens=10_000),
+            "sleep": SleepSettings(interval_minutes=0.01, summarize=False),
+            "consolidation": ConsolidationSettings(score_threshold=0.99),
+        }
+    )
+    service = open_memory(scheduled, embedder)
+    try:
+        llm_server.script(extract)
+        service.add(messages(MONDAY), MAYA)
+        service.flush(MAYA)
+        waiting = RecordFilter("maya", kinds=("fact",), stages=("extracted",))
+        assert service.store.count(waiting) == 2  # nothing runs until the schedule starts
+        service.sleep.start()
+        deadline = time.monotonic() + 60
+        while service.store.count(waiting) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert service.store.count(waiting) == 0
+    finally:
+        service.close()  # wakes the worker: it does not wait out the interval
