@@ -54,4 +54,4 @@ conformance: install $(SUITE)
 	$(BIN)/python scripts/conformance/run.py --node-dir $(NODE_DIR)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .node .pytest_cache .mypy_cache .ruff_cache *.egg-info
