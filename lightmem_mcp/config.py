@@ -174,7 +174,7 @@ class LLMPreset:
 
 
 LLM_PRESETS: dict[str, LLMPreset] = {
-    "deepseek": LLMPreset("https://api.deepseek.com", "deepseek-chat"),
+    "deepseek": LLMPreset("https://api.deepseek.com", "deepseek-flash"),
     "huawei-maas": LLMPreset(
         "https://api.modelarts-maas.com/v1",
         None,

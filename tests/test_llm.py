@@ -250,7 +250,7 @@ def test_deepseek_preset_disables_thinking_and_asks_for_json(llm_server: FakeLLM
 
     [request] = llm_server.requests
     assert request.path == "/chat/completions"
-    assert request.body["model"] == "deepseek-chat"
+    assert request.body["model"] == "deepseek-flash"
     assert request.body["thinking"] == {"type": "disabled"}
     assert request.body["response_format"] == {"type": "json_object"}
     assert request.headers["authorization"] == f"Bearer {SECRET}"
