@@ -217,19 +217,23 @@ class Consolidator:
         tally = _Tally()
         error = None
         busy = 0
+        # Progress only ever grows: per group of targets for one scope, per user for everyone.
+        per_group = progress if len(scopes) == 1 else None
         for index, each in enumerate(scopes):
             lease = self._leases.hold(f"consolidate:{scope_key(Scope(each.user_id))}", self._lease_ttl_s)
             try:
                 with lease as held:
                     if held or dry_run:
-                        self._run_scope(each, since_ts, until_ts, dry_run, tally, progress)
+                        self._run_scope(each, since_ts, until_ts, dry_run, tally, per_group)
                     else:
                         busy += 1
             except BackendUnavailable as exc:
                 error = str(exc)
                 break
-            if progress is not None:
+            if progress is not None and per_group is None:
                 progress(index + 1, len(scopes), f"consolidated {index + 1} of {len(scopes)} users")
+        if per_group is not None and not tally.calls and error is None:
+            per_group(1, 1, "nothing to consolidate")
         return ConsolidateResult(
             dry_run=dry_run,
             users=len(scopes),

@@ -279,7 +279,9 @@ async def test_the_mcp_tools_consolidate_with_progress_and_show_history(
         done = await client.call_tool("consolidate", {"user_id": "maya"}, progress_callback=on_progress)
         assert not done.is_error and done.structured_content is not None
         assert (done.structured_content["updated"], done.structured_content["superseded"]) == (1, 1)
-        assert progress and progress[-1][0] == progress[-1][1]  # ends at 100 %
+        done_values = [value for value, _, _ in progress]
+        assert done_values and done_values == sorted(set(done_values))  # only ever grows
+        assert progress[-1][0] == progress[-1][1]  # and ends at 100 %
         target = done.structured_content["changes"][0]["target_id"]
         history = await client.call_tool("memory_history", {"id": target, "user_id": "maya"})
         assert history.structured_content is not None
