@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -50,7 +50,7 @@ from lightmem_mcp.auth import RequestToken, build_verifier
 from lightmem_mcp.config import HttpSettings, Settings
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
-from lightmem_mcp.records import AddResult, Message, RecordFilter, Scope
+from lightmem_mcp.records import RecordFilter, Scope
 from lightmem_mcp.server import MemoryProvider, build_server
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,6 @@ SSE_MESSAGE_PATH = "/messages/"
 _PROBE_USER = "lightmem-readiness-probe"
 _PROBE_TIMEOUT_S = 5.0
 _AFTER_DRAIN_TIMEOUT_S = 5.0
-
-
-class MeteredMemory(Memory):
-    """The `Memory` of a server process, reporting the messages it stores to the metrics."""
-
-    metrics: Metrics | None = None
-
-    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult:
-        """Store the messages, then count them and their tokens before and after compression."""
-        result = super().add(messages, scope)
-        if self.metrics is not None:
-            # The stored records are the truth about what compression kept.
-            stored = self.store.scroll(RecordFilter(scope.user_id, ids=tuple(result.ids)), len(result.ids))
-            self.metrics.turns_stored(point.payload for point in stored)
-        return result
 
 
 @dataclass
@@ -175,9 +160,8 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
 
 
 def _open_memory(settings: Settings, metrics: Metrics) -> Memory:
-    memory = MeteredMemory.open(settings)
-    assert isinstance(memory, MeteredMemory)
-    memory.metrics = metrics
+    memory = Memory.open(settings)
+    memory.on_turns = metrics.turns_stored
     memory.ledger.listen(metrics.llm_called)
     also_told = memory.buffer.on_facts
 

@@ -7,7 +7,7 @@ import binascii
 import json
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TextIO, cast
@@ -75,6 +75,8 @@ class Memory:
         self.compressor = compressor or Compressor(settings.compression)
         self.llm = llm or LLMClient(settings.llm)
         self.ledger = UsageLedger(store)
+        # Told the payloads of the turns each add stored (hosted mode's metrics).
+        self.on_turns: Callable[[Sequence[dict[str, object]]], None] | None = None
         self._encoders = SegmentationEncoders(self.compressor, embedder)
         self.buffer = ShortTermBuffer(
             settings.pipeline,
@@ -205,6 +207,8 @@ class Memory:
             turn_id = record_id(scope, "turn", message_id)
             points.append(StoredPoint(turn_id, vector, self.lexical.encode_document(text), payload))
         self.store.upsert(points)
+        if self.on_turns is not None:
+            self.on_turns([point.payload for point in points])
         self.buffer.notify(scope)
         return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
 
