@@ -75,6 +75,15 @@ async def main() -> None:
                 print(f"  [{hit['score']:.3f}] {hit['text']}  (source: {sources}, {hit['event_time'][:16]})")
             print()
 
+        # No LLM is configured here, so the summary is extractive: the most central sentences.
+        summary = show(await client.call_tool("summarize", {"user_id": "demo", "window": "week"}))
+        print("weekly summaries (extractive, no LLM configured):")
+        for each in summary["summaries"]:
+            print(f"  {each['window_key']}: {each['text']}  ({len(each['covered_ids'])} memories)")
+        stats = show(await client.call_tool("stats", {"user_id": "demo"}))
+        held = ", ".join(f"{row['kind']}: {row['active']}" for row in stats["records"] if row["total"])
+        print(f"\nrecords held ({held})")
+
 
 if __name__ == "__main__":
     anyio.run(main)

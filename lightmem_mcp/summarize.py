@@ -210,7 +210,7 @@ class Summarizer:
             else:
                 found = self._store.scroll(where, _MAX_READ, with_vectors=True)
             if found:
-                return sorted((_Entry(p) for p in found), key=lambda e: (e.ts, e.point.id))
+                return sorted((_Entry(p) for p in found), key=_order)
         return []
 
     def _seeds(self, scope: Scope, group: Sequence[_Entry]) -> list[_Entry]:
@@ -322,6 +322,12 @@ class Summarizer:
         if not chosen:  # one very long sentence: keep its start
             return sentences[max(range(len(sentences)), key=lambda i: centrality[i])][1][: budget * 4]
         return " ".join(sentences[i][1] for i in sorted(chosen))
+
+
+def _order(entry: _Entry) -> tuple[float, float, int, str]:
+    """Time order; messages stored in one call at the same time keep their order in the call."""
+    p = entry.point.payload
+    return (entry.ts, float(cast(float, p["created_ts"])), int(cast(int, p.get("position") or 0)), entry.point.id)
 
 
 def _group(entries: Sequence[_Entry], window: Window) -> list[tuple[str, list[_Entry]]]:
