@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import haystack_turns, load_questions, machine_info, print_machine, print_table, write_results
+from bench.pipeline import open_memory
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
-from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import RecordFilter, Scope, StoredPoint, record_id, record_payload
-from lightmem_mcp.store.edge import EdgeStore
-from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from lightmem_mcp.timestamps import now, parse_timestamp
 from tests.openai_server import ChatRequest, FakeLLMServer
 
@@ -40,12 +38,6 @@ def ignore_all(request: ChatRequest) -> dict[str, Any]:
 
 def summary(request: ChatRequest) -> dict[str, Any]:
     return {"summary": "The period in brief."}
-
-
-def open_memory(settings: Settings, embedder: SentenceTransformerEmbedder) -> Memory:
-    lexical = LexicalEncoder()
-    layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
-    return Memory(settings, embedder, EdgeStore(settings.store.embedded_path, layout), lexical)
 
 
 def load_facts(memory: Memory, questions: list[dict[str, Any]], limit: int) -> list[str]:

@@ -287,12 +287,10 @@ class Consolidator:
                 progress(number, len(groups), f"user {scope.user_id}: decided {number} of {len(groups)} groups")
         if not dry_run:
             ids = tuple(fact.id for fact in candidates)
-            base = RecordFilter(scope.user_id, kinds=("fact",))
+            marked = {"stage": "consolidated", "consolidated_ts": to_epoch(now())}
             for start in range(0, len(ids), 1000):
-                self._store.set_payload(
-                    RecordFilter(base.user_id, kinds=base.kinds, ids=ids[start : start + 1000]),
-                    {"stage": "consolidated", "consolidated_ts": to_epoch(now())},
-                )
+                chunk = RecordFilter(scope.user_id, kinds=("fact",), ids=ids[start : start + 1000])
+                self._store.set_payload(chunk, dict(marked))
 
     # -- the update queue -----------------------------------------------------------------
 

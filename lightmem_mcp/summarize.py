@@ -307,9 +307,9 @@ class Summarizer:
         if len(sentences) == 1:
             return sentences[0][1]
         vectors = self._embedder.embed_documents([s for _, s in sentences])
-        centrality = [
-            sum(sum(a * b for a, b in zip(v, w, strict=True)) for w in vectors) / len(vectors) for v in vectors
-        ]
+        # Mean similarity to every sentence is the similarity to their sum: one pass, not n².
+        total = [sum(column) for column in zip(*vectors, strict=True)]
+        centrality = [sum(a * b for a, b in zip(v, total, strict=True)) / len(vectors) for v in vectors]
         budget = self._settings.max_tokens
         chosen: list[int] = []
         used = 0

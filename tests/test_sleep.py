@@ -13,19 +13,22 @@ from tests.openai_server import ChatRequest, FakeLLMServer
 from tests.test_summarize import MAYA, MONDAY, TUESDAY, extract, messages, summarize_answer
 
 
-def test_the_schedule_consolidates_and_summarizes_after_enough_new_facts(
-    settings: Settings, llm_server: FakeLLMServer, embedder: SentenceTransformerEmbedder
-) -> None:
-    scheduled = settings.model_copy(
+def scheduled(settings: Settings, llm_server: FakeLLMServer, sleep: SleepSettings) -> Settings:
+    return settings.model_copy(
         update={
             "llm": llm_server.settings(max_retries=0),
             "pipeline": PipelineSettings(buffer_tokens=10_000),
-            "sleep": SleepSettings(after_facts=2),
+            "sleep": sleep,
             # No fact here is like another: consolidation checks them all and calls no LLM.
             "consolidation": ConsolidationSettings(score_threshold=0.99),
         }
     )
-    service = open_memory(scheduled, embedder)
+
+
+def test_the_schedule_consolidates_and_summarizes_after_enough_new_facts(
+    settings: Settings, llm_server: FakeLLMServer, embedder: SentenceTransformerEmbedder
+) -> None:
+    service = open_memory(scheduled(settings, llm_server, SleepSettings(after_facts=2)), embedder)
     service.sleep.start()
     try:
 
@@ -57,15 +60,9 @@ def test_the_schedule_consolidates_and_summarizes_after_enough_new_facts(
 def test_the_interval_runs_on_its_own(
     settings: Settings, llm_server: FakeLLMServer, embedder: SentenceTransformerEmbedder
 ) -> None:
-    scheduled = settings.model_copy(
-        update={
-            "llm": llm_server.settings(max_retries=0),
-            "pipeline": PipelineSettings(buffer_tokens=10_000),
-            "sleep": SleepSettings(interval_minutes=0.01, summarize=False),
-            "consolidation": ConsolidationSettings(score_threshold=0.99),
-        }
+    service = open_memory(
+        scheduled(settings, llm_server, SleepSettings(interval_minutes=0.01, summarize=False)), embedder
     )
-    service = open_memory(scheduled, embedder)
     try:
         llm_server.script(extract)
         service.add(messages(MONDAY), MAYA)
