@@ -1,22 +1,45 @@
-"""Retrieval quality on LongMemEval_S: dense vs sparse vs hybrid, turn- and session-level recall@k.
+"""Retrieval quality on two kinds of conversation, reported per data set.
 
-Every question's haystack goes into its own user scope through `Memory.add` (batches of 32);
-the question is then searched in that scope with each mode, and the hits are traced back to
-the evidence turns (`has_answer`) and sessions (`answer_session_ids`) through their source ids.
+* LongMemEval_S (`--longmemeval`): a user and an assistant, long turns; each question has its own
+  haystack (~50 sessions), stored in its own user scope; evidence = the `has_answer` turns.
+* LoCoMo (`--locomo`): long chats between two named people; each conversation is stored in its own
+  user scope (message id = `dia_id`, `name` = the speaker, timestamp = the session's date), its
+  questions of categories 1-4 asked there; evidence = the annotated `dia_id`s.
 
-    .venv/bin/python -m bench.retrieval_quality [--questions N] [--data PATH] [--store DIR] [--grid]
+Every message goes in through `Memory.add`, 32 per call; hits are traced back to the evidence through
+their source ids. Measured per data set and per question type / category:
+
+* R@1/5/10 of search in each mode (dense, lexical, hybrid = the default) and of an in-run stdlib
+  BM25 over "speaker: text" (per-scope statistics, no stemming: the plain baseline);
+* recall within 250 / 500 / 1,000 / 2,000 tokens (cl100k_base): of the default hits taken in rank
+  order until the budget, and of `recall` (the packed context, with each hit's window) at
+  context 0, 1 and 2;
+* `--grid`: fusion settings scored on the same stores through `lightmem_mcp.fusion.fuse` (the code
+  search runs), chosen by cross-validation across both data sets;
+* `--stdio`: the LoCoMo conversations once more through a spawned `lightmem-mcp` over MCP stdio
+  (add_memory, search_memory, recall), with the latency of each search call.
+
+    .venv/bin/python -m bench.retrieval_quality [--longmemeval PATH] [--locomo PATH] [--questions N]
+        [--grid] [--stdio] [--store DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import asyncio
+import gzip
+import json
+import math
+import random
+import re
 import statistics
+import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,324 +50,480 @@ from bench.common import (
     haystack_turns,
     load_questions,
     machine_info,
+    mcp_client,
     print_machine,
     print_table,
+    server_env,
     settings_for,
+    summary_ms,
     token_counter,
     write_results,
 )
-from lightmem_mcp.config import SearchMode, SearchSettings, Settings
+from lightmem_mcp.config import SearchMode
+from lightmem_mcp.fusion import Fusion, Ranking, fuse
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Scope
+from lightmem_mcp.records import FoundPoint, Message, Scope
 
+DEFAULT_LOCOMO = Path("/work/shared/data/locomo_dev2.json.gz")
 KS = (1, 5, 10)
-TOKEN_KS = (5, 10)
+BUDGETS = (250, 500, 1000, 2000)
+CONTEXTS = (0, 1, 2)
 MODES: tuple[SearchMode, ...] = ("dense", "sparse", "hybrid")
-
-# Fusion settings tried with --grid: RRF constant x (dense, sparse) weights x candidates per arm.
-GRID_RRF_K = (10, 30, 60, 120)
-GRID_WEIGHTS = ((1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (3.0, 1.0), (1.0, 1.5), (1.0, 2.0))
-GRID_CANDIDATES = (30, 100, 300)
-FUSION_KNOBS = ("rrf_k", "dense_weight", "sparse_weight", "candidates")
+LOCOMO_CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+DEPTH = 100  # candidates per arm for the grid, as the default search uses
 
 
 @dataclass(frozen=True)
 class Case:
-    """One ingested question: what to ask and what counts as evidence."""
+    """One question: where it is asked and which message ids answer it."""
 
+    dataset: str
+    scope: str
     question_id: str
-    question_type: str
+    kind: str
     question: str
-    evidence_turns: frozenset[str]
-    answer_sessions: frozenset[str]
+    evidence: frozenset[str]
 
 
-@dataclass(frozen=True)
-class Hit:
-    """The parts of a search hit the metrics need."""
+@dataclass
+class Corpus:
+    """A data set as stored: messages per scope, and the questions."""
 
-    source_ids: tuple[str, ...]
-    text: str
+    name: str
+    messages: dict[str, list[Message]]
+    cases: list[Case]
 
 
-def ingest(memory: Memory, question: dict[str, Any]) -> tuple[Case, dict[str, float]]:
-    """Store the question's haystack in scope user_id=question_id, unless a reused store already holds it."""
-    turns, blank = haystack_turns(question)
-    scope = Scope(user_id=question["question_id"])
+# -- data --------------------------------------------------------------------------------
+
+
+def longmemeval(path: Path, limit: int | None) -> Corpus:
+    """Each question's haystack in scope user_id=question_id; questions without evidence turns are skipped."""
+    messages: dict[str, list[Message]] = {}
+    cases = []
+    for question in load_questions(path, limit):
+        turns, _ = haystack_turns(question)
+        messages[question["question_id"]] = [t.message() for t in turns]
+        evidence = frozenset(t.id for t in turns if t.has_answer)
+        if evidence:
+            qid = question["question_id"]
+            cases.append(Case("longmemeval", qid, qid, question["question_type"], question["question"], evidence))
+    return Corpus("longmemeval", messages, cases)
+
+
+def locomo(path: Path, limit: int | None) -> Corpus:
+    """Each conversation in scope user_id=sample_id; questions of categories 1-4 with evidence."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        conversations = json.load(handle)
+    messages: dict[str, list[Message]] = {}
+    cases = []
+    for conversation in conversations:
+        sample = conversation["sample_id"]
+        chat = conversation["conversation"]
+        stored = []
+        session = 1
+        while f"session_{session}" in chat:
+            when = datetime.strptime(chat[f"session_{session}_date_time"], "%I:%M %p on %d %B, %Y").isoformat()
+            for turn in chat[f"session_{session}"]:
+                if turn["text"].strip():
+                    stored.append(
+                        Message(
+                            role="user", name=turn["speaker"], content=turn["text"], id=turn["dia_id"], timestamp=when
+                        )
+                    )
+            session += 1
+        messages[sample] = stored
+        for number, qa in enumerate(conversation["qa"]):
+            category = qa.get("category")
+            if category in LOCOMO_CATEGORIES and qa.get("evidence"):
+                evidence = frozenset(e.strip() for e in qa["evidence"])
+                kind = LOCOMO_CATEGORIES[category]
+                cases.append(Case("locomo", sample, f"{sample}/{number}", kind, qa["question"], evidence))
+    if limit is not None:
+        cases = cases[:limit]
+    return Corpus("locomo", messages, cases)
+
+
+def ingest(memory: Memory, corpus: Corpus) -> dict[str, float]:
+    """Store every scope's messages (skipped when a reused store already holds them)."""
     start = time.perf_counter()
-    reused = memory.count(scope) == len(turns)
-    if not reused:
-        for batch in batches(turns):
-            memory.add([t.message() for t in batch], scope)
+    stored = reused = 0
+    for scope_id, messages in corpus.messages.items():
+        scope = Scope(user_id=scope_id)
+        if memory.count(scope) == len(messages):
+            reused += len(messages)
+            continue
+        for batch in batches(messages):
+            memory.add(list(batch), scope)
+        stored += len(messages)
     seconds = time.perf_counter() - start
-    case = Case(
-        question["question_id"],
-        question["question_type"],
-        question["question"],
-        frozenset(t.id for t in turns if t.has_answer),
-        frozenset(question["answer_session_ids"]),
-    )
-    return case, {"turns": len(turns), "blank_turns_dropped": blank, "seconds": seconds, "reused": float(reused)}
+    rate = stored / seconds if stored else float("nan")
+    print(f"{corpus.name}: stored {stored} turns in {seconds:.0f} s ({rate:.1f} turns/s); {reused} reused")
+    return {"turns": stored, "reused": reused, "seconds": seconds, "turns_per_s": rate}
 
 
-def run_searches(memory: Memory, cases: Sequence[Case], mode: SearchMode) -> dict[str, list[Hit]]:
-    """Top-10 hits of every question, by question id."""
-    return {
-        case.question_id: [
-            Hit(tuple(h.source_ids), h.text)
-            for h in memory.search(case.question, Scope(user_id=case.question_id), limit=max(KS), mode=mode).hits
-        ]
-        for case in cases
-    }
+# -- the plain baseline -------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
 
 
-def session_of(source_id: str) -> str:
-    """`session_id#turn_index` -> `session_id`."""
-    return source_id.rsplit("#", 1)[0]
+class PlainBM25:
+    """Okapi BM25 (k1 1.2, b 0.75) over "speaker: text", lowercase words, statistics of one scope."""
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        self.ids = [str(m.id) for m in messages]
+        docs = [_WORD.findall(f"{m.name or m.role}: {m.content}".lower()) for m in messages]
+        self.tf = [Counter(d) for d in docs]
+        self.lengths = [len(d) for d in docs]
+        self.avg = statistics.fmean(self.lengths) if docs else 1.0
+        df = Counter(w for d in docs for w in set(d))
+        n = len(docs)
+        self.idf = {w: math.log(1 + (n - f + 0.5) / (f + 0.5)) for w, f in df.items()}
+
+    def search(self, query: str, limit: int) -> list[str]:
+        terms = set(_WORD.findall(query.lower())) & self.idf.keys()
+        scores = []
+        for i, tf in enumerate(self.tf):
+            norm = 1.2 * (0.25 + 0.75 * self.lengths[i] / self.avg)
+            s = sum(self.idf[w] * tf[w] * 2.2 / (tf[w] + norm) for w in terms if w in tf)
+            if s > 0:
+                scores.append((s, i))
+        scores.sort(key=lambda x: -x[0])
+        return [self.ids[i] for _, i in scores[:limit]]
 
 
-def per_question(case: Case, hits: Sequence[Hit], count_tokens: Callable[[str], int]) -> dict[str, float]:
-    """Recall figures of one question's ranked hits."""
-    row: dict[str, float] = {}
-    for k in KS:
-        sources = {s for h in hits[:k] for s in h.source_ids}
-        if case.evidence_turns:
-            found = len(case.evidence_turns & sources)
-            row[f"turn_recall@{k}"] = found / len(case.evidence_turns)
-            row[f"turn_hit@{k}"] = float(found > 0)
-        if case.answer_sessions:
-            covered = case.answer_sessions & {session_of(s) for s in sources}
-            row[f"session_recall@{k}"] = len(covered) / len(case.answer_sessions)
-    for k in TOKEN_KS:
-        row[f"tokens@{k}"] = count_tokens("\n".join(h.text for h in hits[:k]))
+# -- metrics ------------------------------------------------------------------------------
+
+
+def covered(evidence: frozenset[str], sources: Sequence[Sequence[str]]) -> float:
+    """Fraction of the evidence among the source ids."""
+    return len(evidence & {s for group in sources for s in group}) / len(evidence)
+
+
+def within_budget(
+    case: Case, ranked: Sequence[tuple[Sequence[str], str]], count: Callable[[str], int]
+) -> dict[int, float]:
+    """Recall of the hits taken in rank order until their texts exceed each budget."""
+    row = {}
+    for budget in BUDGETS:
+        spent, taken = 0, []
+        for sources, text in ranked:
+            cost = count(text) + 1
+            if spent + cost > budget:
+                break
+            spent += cost
+            taken.append(sources)
+        row[budget] = covered(case.evidence, taken)
     return row
 
 
-def aggregate(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over the questions that have it."""
-    keys = sorted({key for row in rows for key in row})
-    return {key: statistics.fmean(row[key] for row in rows if key in row) for key in keys}
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
 
 
-def score(
-    cases: Sequence[Case], runs: dict[str, list[Hit]], count_tokens: Callable[[str], int]
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Mean metrics, and the per-question rows by question id."""
-    rows = {c.question_id: per_question(c, runs[c.question_id], count_tokens) for c in cases}
-    return aggregate(list(rows.values())), rows
+# -- evaluation ---------------------------------------------------------------------------
 
 
-def variant(base: Settings, rrf_k: int, weights: tuple[float, float], candidates: int) -> Settings:
-    """`base` with other fusion settings."""
-    search = SearchSettings(
-        mode="hybrid", rrf_k=rrf_k, dense_weight=weights[0], sparse_weight=weights[1], candidates=candidates
+def evaluate(memory: Memory, corpus: Corpus, count: Callable[[str], int]) -> dict[str, Any]:
+    """Every per-question figure of one data set, and the arms kept for the grid."""
+    plain = {scope: PlainBM25(messages) for scope, messages in corpus.messages.items()}
+    rows: dict[str, dict[str, float]] = {}
+    arms: dict[str, tuple[list[FoundPoint], list[FoundPoint], dict[str, list[str]]]] = {}
+    began = time.perf_counter()
+    for case in corpus.cases:
+        scope = Scope(user_id=case.scope)
+        row: dict[str, float] = {}
+        for mode in MODES:
+            limit = 50 if mode == "hybrid" else DEPTH
+            hits = memory.search(case.question, scope, limit=limit, mode=mode).hits
+            for k in KS:
+                row[f"{mode} R@{k}"] = covered(case.evidence, [h.source_ids for h in hits[:k]])
+            if mode == "hybrid":
+                ranked = [(h.source_ids, h.text) for h in hits]
+                for budget, value in within_budget(case, ranked, count).items():
+                    row[f"hits within {budget}"] = value
+            else:
+                arm = [FoundPoint(h.id, {}, h.score) for h in hits]
+                sources = {h.id: h.source_ids for h in hits}
+                dense, sparse, known = arms.get(case.question_id, ([], [], {}))
+                arms[case.question_id] = (
+                    (arm, sparse, known | sources) if mode == "dense" else (dense, arm, known | sources)
+                )
+        for k in KS:
+            row[f"plain BM25 R@{k}"] = covered(case.evidence, [[i] for i in plain[case.scope].search(case.question, k)])
+        for context in CONTEXTS:
+            for budget in BUDGETS:
+                packed = memory.recall(case.question, scope, max_tokens=budget, context=context)
+                assert packed.tokens <= budget
+                row[f"recall c{context} within {budget}"] = covered(
+                    case.evidence, [b.source_ids for b in packed.blocks]
+                )
+        rows[case.question_id] = row
+    seconds = time.perf_counter() - began
+    print(f"{corpus.name}: {len(corpus.cases)} questions evaluated in {seconds:.0f} s")
+    return {"rows": rows, "arms": arms}
+
+
+def report(corpus: Corpus, rows: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Print and return the means of one data set, overall and per question type."""
+    keys = list(next(iter(rows.values())))
+    overall = {key: mean([r[key] for r in rows.values()]) for key in keys}
+    print(f"\n### {corpus.name}: {len(rows)} questions\n")
+    table = [
+        [name, *(overall[f"{prefix} R@{k}"] for k in KS)]
+        for name, prefix in (
+            ("dense", "dense"),
+            ("lexical", "sparse"),
+            ("**hybrid (default)**", "hybrid"),
+            ("plain BM25 over speaker: text", "plain BM25"),
+        )
+    ]
+    print_table(["ranking", *(f"R@{k}" for k in KS)], table)
+    print()
+    budget_rows = [["default hits in rank order", *(overall[f"hits within {b}"] for b in BUDGETS)]]
+    budget_rows += [[f"recall, context {c}", *(overall[f"recall c{c} within {b}"] for b in BUDGETS)] for c in CONTEXTS]
+    print_table(["recall within N tokens", *(str(b) for b in BUDGETS)], budget_rows)
+    by_kind: dict[str, dict[str, float]] = {}
+    for kind in sorted({c.kind for c in corpus.cases}):
+        ids = [c.question_id for c in corpus.cases if c.kind == kind]
+        by_kind[kind] = {key: mean([rows[i][key] for i in ids]) for key in keys} | {"questions": len(ids)}
+    print()
+    print_table(
+        ["type", "questions", "dense R@10", "lexical R@10", "hybrid R@10", "plain BM25 R@10", "recall c1 within 1000"],
+        [
+            [
+                k,
+                int(v["questions"]),
+                v["dense R@10"],
+                v["sparse R@10"],
+                v["hybrid R@10"],
+                v["plain BM25 R@10"],
+                v["recall c1 within 1000"],
+            ]
+            for k, v in by_kind.items()
+        ],
     )
-    return base.model_copy(update={"search": search})
+    return {"overall": overall, "by_type": by_kind}
 
 
-def paired(rows_a: dict[str, dict[str, float]], rows_b: dict[str, dict[str, float]], key: str) -> tuple[int, int]:
-    """Questions where a beats b, and where b beats a, on `key`."""
-    common = [q for q in rows_a if key in rows_a[q]]
-    wins = sum(rows_a[q][key] > rows_b[q][key] for q in common)
-    losses = sum(rows_a[q][key] < rows_b[q][key] for q in common)
-    return wins, losses
+# -- fusion grid and its cross-validation --------------------------------------------------
 
 
-def metrics_row(name: str, m: dict[str, float]) -> list[Any]:
-    """One table row: turn recall, turn hit rate, session recall, context tokens."""
-    return (
-        [name]
-        + [m[f"turn_recall@{k}"] for k in KS]
-        + [m[f"turn_hit@{k}"] for k in KS]
-        + [m[f"session_recall@{k}"] for k in KS]
-        + [round(m[f"tokens@{k}"]) for k in TOKEN_KS]
+def grid_settings() -> list[Fusion]:
+    """RRF (k x lexical weight), min-max and DBSF sums (lexical weight); dense weight 1."""
+    weights = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    rrf = [Fusion("rrf", k, 1.0, w) for k in (5, 10, 20, 30, 60, 100) for w in weights]
+    return rrf + [Fusion(method, 60, 1.0, w) for method in ("minmax", "dbsf") for w in weights]
+
+
+def run_grid(
+    corpora: Sequence[Corpus], arms: dict[str, Any], named: dict[str, bool], default: Ranking
+) -> dict[str, Any]:
+    """R@10 of every fusion on every question; then the choice for each kind of query (naming a
+    speaker of the scope, or not) by cross-validation, scored on held-out questions per data set."""
+    settings = grid_settings()
+    for extra in (default.plain, default.named):
+        if extra not in settings:
+            settings.append(extra)
+    cases = [c for corpus in corpora for c in corpus.cases]
+    names = [c.name for c in corpora]
+    scores: dict[str, list[float]] = {}
+    for case in cases:
+        dense, sparse, sources = arms[case.question_id]
+        ranked = [fuse(dense, sparse, f)[:10] for f in settings]
+        scores[case.question_id] = [covered(case.evidence, [sources[i] for i, _ in r]) for r in ranked]
+    arm_best = {
+        n: max(mean([scores_of_arm(arms, c, arm) for c in cases if c.dataset == n]) for arm in (0, 1)) for n in names
+    }
+
+    def dataset_means(chosen: Callable[[Case], int], ids: set[str]) -> dict[str, float]:
+        return {
+            n: mean([scores[c.question_id][chosen(c)] for c in cases if c.dataset == n and c.question_id in ids])
+            for n in names
+        }
+
+    every = {c.question_id for c in cases}
+    counts = {n: Counter(named[c.question_id] for c in cases if c.dataset == n) for n in names}
+    print(
+        "\nQueries naming a speaker of their scope: "
+        + ", ".join(f"{n} {counts[n][True]} of {sum(counts[n].values())}" for n in names)
+    )
+    print("Best single ranking per data set (R@10): " + ", ".join(f"{n} {v:.3f}" for n, v in arm_best.items()))
+    single = sorted(
+        ((f, dataset_means(lambda c, i=i: i, every)) for i, f in enumerate(settings)),
+        key=lambda row: -min(row[1].values()),
+    )
+    print("\nOne fusion for every query, R@10 per data set (best 10 by the worse of the two):")
+    print_table(
+        ["fusion", *names, "worse of the two"],
+        [[f.label(), *(v[n] for n in names), min(v.values())] for f, v in single[:10]],
     )
 
+    def pick(train: set[str], kind: bool) -> int:
+        # Each data set weighs the same, whatever its number of questions; only questions of this kind count.
+        def objective(i: int) -> float:
+            total = 0.0
+            for n in names:
+                mine = [c for c in cases if c.dataset == n and c.question_id in train]
+                if mine:
+                    total += sum(scores[c.question_id][i] for c in mine if named[c.question_id] == kind) / len(mine)
+            return total
 
-HEADERS = (
-    ["mode"]
-    + [f"turn R@{k}" for k in KS]
-    + [f"turn hit@{k}" for k in KS]
-    + [f"session R@{k}" for k in KS]
-    + [f"tokens@{k}" for k in TOKEN_KS]
-)
+        return max(range(len(settings)), key=objective)
+
+    def policy(plain: int, named_pick: int) -> Callable[[Case], int]:
+        return lambda c: named_pick if named[c.question_id] else plain
+
+    plain_i, named_i = pick(every, False), pick(every, True)
+    default_policy = policy(settings.index(default.plain), settings.index(default.named))
+    in_sample = {
+        "picked": dataset_means(policy(plain_i, named_i), every),
+        "default": dataset_means(default_policy, every),
+    }
+    print(
+        f"\nPer kind of query, in sample: best plain {settings[plain_i].label()}, best named {settings[named_i].label()}: "
+        + ", ".join(f"{n} {in_sample['picked'][n]:.3f}" for n in names)
+        + f"; default ({default.plain.label()} / {default.named.label()}): "
+        + ", ".join(f"{n} {in_sample['default'][n]:.3f}" for n in names)
+    )
+
+    folds = 5
+    rng = random.Random(7)
+    assignment: dict[str, int] = {}
+    for n in names:  # stratified: each data set spread over the folds
+        ids = [c.question_id for c in cases if c.dataset == n]
+        rng.shuffle(ids)
+        assignment.update({q: k % folds for k, q in enumerate(ids)})
+    held: dict[str, list[float]] = defaultdict(list)
+    held_default: dict[str, list[float]] = defaultdict(list)
+    picks = []
+    for fold in range(folds):
+        train = {q for q in every if assignment[q] != fold}
+        chosen = policy(pick(train, False), pick(train, True))
+        picks.append(f"{settings[pick(train, False)].label()} / {settings[pick(train, True)].label()}")
+        for c in cases:
+            if assignment[c.question_id] == fold:
+                held[c.dataset].append(scores[c.question_id][chosen(c)])
+                held_default[c.dataset].append(scores[c.question_id][default_policy(c)])
+    cv = {
+        n: {"tuned": mean(held[n]), "default": mean(held_default[n]), "best single ranking": arm_best[n]} for n in names
+    }
+    print(f"\n{folds}-fold cross-validation (stratified by data set, each weighted equally), held-out R@10:")
+    print_table(
+        ["data set", "tuned on the other folds", "default", "best single ranking"],
+        [[n, v["tuned"], v["default"], v["best single ranking"]] for n, v in cv.items()],
+    )
+    print(f"picks per fold (plain / named): {picks}")
+    return {
+        "single": [{"fusion": f.label(), **v} for f, v in single],
+        "per_kind_in_sample": {"plain": settings[plain_i].label(), "named": settings[named_i].label(), **in_sample},
+        "cross_validation": cv,
+        "picks": picks,
+        "named_questions": {n: dict(counts[n]) for n in names},
+    }
+
+
+def all_cases(corpora: Sequence[Corpus]) -> list[Case]:
+    """Every question of every data set."""
+    return [c for corpus in corpora for c in corpus.cases]
+
+
+def scores_of_arm(arms: dict[str, Any], case: Case, arm: int) -> float:
+    """R@10 of one ranking alone (0 dense, 1 lexical)."""
+    found, sources = arms[case.question_id][arm], arms[case.question_id][2]
+    return covered(case.evidence, [sources[p.id] for p in found[:10]])
+
+
+# -- through MCP stdio ----------------------------------------------------------------------
+
+
+async def over_stdio(corpus: Corpus, data_dir: Path) -> dict[str, Any]:
+    """The corpus through a spawned server: add_memory, then search_memory and recall per question."""
+    env = server_env(data_dir)
+    latencies: list[float] = []
+    r10: list[float] = []
+    budgeted: list[float] = []
+    with tempfile.TemporaryFile("w+") as errlog:
+        async with mcp_client(env, errlog) as client:
+            for scope, messages in corpus.messages.items():
+                for batch in batches(messages):
+                    sent = [m.model_dump(exclude_none=True) for m in batch]
+                    result = await client.call_tool("add_memory", {"messages": sent, "user_id": scope})
+                    assert not result.is_error, result.content
+            for case in corpus.cases:
+                began = time.perf_counter()
+                result = await client.call_tool("search_memory", {"query": case.question, "user_id": case.scope})
+                latencies.append(time.perf_counter() - began)
+                assert not result.is_error and result.structured_content is not None, result.content
+                r10.append(covered(case.evidence, [h["source_ids"] for h in result.structured_content["hits"]]))
+                packed = await client.call_tool(
+                    "recall", {"query": case.question, "user_id": case.scope, "max_tokens": 1000}
+                )
+                assert not packed.is_error and packed.structured_content is not None, packed.content
+                budgeted.append(covered(case.evidence, [b["source_ids"] for b in packed.structured_content["blocks"]]))
+    figures = {"R@10": mean(r10), "recall within 1000": mean(budgeted), "search_latency": summary_ms(latencies)}
+    print(
+        f"\n{corpus.name} through MCP stdio: R@10 {figures['R@10']:.3f}, recall within 1,000 tokens "
+        f"{figures['recall within 1000']:.3f}; search_memory p50 {figures['search_latency']['p50_ms']:.1f} ms, "
+        f"p95 {figures['search_latency']['p95_ms']:.1f} ms over {len(latencies)} calls"
+    )
+    return figures
+
+
+# -- main -----------------------------------------------------------------------------------
 
 
 def main() -> None:
-    """Ingest, search in each mode, score, print and save."""
+    """Ingest each data set, evaluate, print and save."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--questions", type=int, default=None, help="first N questions (default: all)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LongMemEval JSON(.gz)")
+    parser.add_argument("--longmemeval", type=Path, default=DEFAULT_DATA, help="LongMemEval JSON(.gz); '' to skip")
+    parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO, help="LoCoMo JSON(.gz); '' to skip")
+    parser.add_argument("--questions", type=int, default=None, help="first N questions of each data set")
     parser.add_argument("--store", type=Path, default=None, help="data dir to keep and reuse (default: a temp dir)")
-    parser.add_argument("--grid", action="store_true", help="also try fusion settings on the same stores")
+    parser.add_argument("--grid", action="store_true", help="score fusion settings, with cross-validation")
+    parser.add_argument("--stdio", action="store_true", help="also run LoCoMo through MCP stdio")
     args = parser.parse_args()
 
     info = machine_info()
     print_machine(info)
     print(f"benchmark settings: {bench_env()}")
-    tokenizer_name, count_tokens = token_counter()
-    questions = load_questions(args.data, args.questions)
+    tokenizer, count = token_counter()
+    corpora = []
+    if str(args.longmemeval) not in ("", "."):
+        corpora.append(longmemeval(args.longmemeval, args.questions))
+    if str(args.locomo) not in ("", "."):
+        corpora.append(locomo(args.locomo, args.questions))
+    if not corpora:
+        sys.exit("nothing to measure: give --longmemeval or --locomo")
+    results: dict[str, Any] = {"machine": info, "settings": bench_env(), "tokenizer": tokenizer, "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="lightmem-rq-") as tmp:
-        data_dir = args.store or Path(tmp)
+        data_dir = args.store or Path(tmp) / "store"
         settings = settings_for(data_dir)
-        print(f"store: {data_dir}; default search settings: {settings.search.model_dump()}")
+        print(f"store: {data_dir}; search settings: {settings.search.model_dump()}")
         memory = Memory.open(settings)
+        arms: dict[str, Any] = {}
         try:
-            results = evaluate(memory, settings, questions, count_tokens, args.grid)
+            for corpus in corpora:
+                ingested = ingest(memory, corpus)
+                measured = evaluate(memory, corpus, count)
+                arms.update(measured["arms"])
+                results["datasets"][corpus.name] = {
+                    "data": str(args.longmemeval if corpus.name == "longmemeval" else args.locomo),
+                    "questions": len(corpus.cases),
+                    "ingest": ingested,
+                    **report(corpus, measured["rows"]),
+                    "per_question": measured["rows"],
+                }
+            if args.grid:
+                named = {c.question_id: memory.names_speaker(c.question, Scope(c.scope)) for c in all_cases(corpora)}
+                results["grid"] = run_grid(corpora, arms, named, Ranking.from_settings(settings.search))
         finally:
             memory.close()
-    results.update(
-        settings=bench_env(),
-        machine=info,
-        tokenizer=tokenizer_name,
-        data=str(args.data),
-        search_defaults=settings.search.model_dump(),
-    )
+        locomo_corpus = next((c for c in corpora if c.name == "locomo"), None)
+        if args.stdio and locomo_corpus is not None:
+            results["stdio"] = asyncio.run(over_stdio(locomo_corpus, Path(tmp) / "stdio"))
+    results["search_defaults"] = settings.search.model_dump()
     write_results("retrieval_quality", results)
-
-
-def evaluate(
-    memory: Memory,
-    settings: Settings,
-    questions: Sequence[dict[str, Any]],
-    count_tokens: Callable[[str], int],
-    grid: bool,
-) -> dict[str, Any]:
-    """Everything the benchmark measures, printed as it goes."""
-    cases: list[Case] = []
-    ingest_stats = []
-    start = time.perf_counter()
-    for number, question in enumerate(questions, 1):
-        case, stats = ingest(memory, question)
-        cases.append(case)
-        ingest_stats.append(stats)
-        print(f"[{number}/{len(questions)}] {case.question_id}: {stats['turns']} turns in {stats['seconds']:.1f} s")
-    ingest_seconds = time.perf_counter() - start
-    total_turns = sum(int(s["turns"]) for s in ingest_stats)
-    reused = sum(int(s["reused"]) for s in ingest_stats)
-    print(
-        f"ingested {total_turns} turns in {ingest_seconds:.0f} s ({total_turns / ingest_seconds:.1f} turns/s)"
-        + (f"; {reused} questions were already in the store (--store), not re-ingested" if reused else "")
-    )
-
-    skipped = [c.question_id for c in cases if not c.evidence_turns]
-    print(
-        f"{len(cases)} questions; turn level over {len(cases) - len(skipped)} "
-        f"(skipped {len(skipped)} without has_answer turns: {', '.join(skipped) or 'none'}); session level over "
-        f"{sum(bool(c.answer_sessions) for c in cases)}; "
-        f"{sum(int(s['blank_turns_dropped']) for s in ingest_stats)} blank turns dropped"
-    )
-
-    means: dict[str, dict[str, float]] = {}
-    rows: dict[str, dict[str, dict[str, float]]] = {}
-    search_seconds: dict[str, float] = {}
-    for mode in MODES:
-        began = time.perf_counter()
-        runs = run_searches(memory, cases, mode)
-        search_seconds[mode] = time.perf_counter() - began
-        means[mode], rows[mode] = score(cases, runs, count_tokens)
-    print("\nDefault settings, top 10:")
-    print_table(HEADERS, [metrics_row(mode, means[mode]) for mode in MODES])
-
-    key = "turn_recall@10"
-    comparisons = {other: paired(rows["hybrid"], rows[other], key) for other in ("dense", "sparse")}
-    for other, (wins, losses) in comparisons.items():
-        print(f"hybrid vs {other} on {key}: better on {wins} questions, worse on {losses}")
-    beats = all(means["hybrid"][key] > means[m][key] for m in ("dense", "sparse"))
-    print(f"default hybrid beats both dense and sparse on {key}: {beats}")
-
-    by_type: dict[str, dict[str, float]] = defaultdict(dict)
-    for mode in MODES:
-        for qtype in sorted({c.question_type for c in cases}):
-            values = [rows[mode][c.question_id][key] for c in cases if c.question_type == qtype and c.evidence_turns]
-            by_type[qtype][mode] = statistics.fmean(values)
-    print(f"\n{key} by question type:")
-    print_table(["question type", *MODES], [[t, *(v[m] for m in MODES)] for t, v in by_type.items()])
-
-    results: dict[str, Any] = {
-        "questions": len(cases),
-        "turn_level_questions": len(cases) - len(skipped),
-        "skipped_turn_level": skipped,
-        "turns_ingested": total_turns,
-        "ingest_seconds": ingest_seconds,
-        "search_seconds": search_seconds,
-        "modes": means,
-        "hybrid_beats_both_on_turn_recall@10": beats,
-        "hybrid_vs": {o: {"better": w, "worse": lo} for o, (w, lo) in comparisons.items()},
-        "turn_recall@10_by_type": by_type,
-        "per_question": rows,
-    }
-    if grid:
-        results["grid"] = run_grid(memory, settings, cases, count_tokens, means, rows["hybrid"])
-    return results
-
-
-def run_grid(
-    memory: Memory,
-    settings: Settings,
-    cases: Sequence[Case],
-    count_tokens: Callable[[str], int],
-    means: dict[str, dict[str, float]],
-    default_rows: dict[str, dict[str, float]],
-) -> dict[str, Any]:
-    """Hybrid search under each fusion setting of the grid, on the already ingested stores."""
-    key = "turn_recall@10"
-    floor = max(means["dense"][key], means["sparse"][key])
-    grid: list[dict[str, Any]] = []
-    grid_rows: list[dict[str, dict[str, float]]] = []
-    for rrf_k, weights, candidates in itertools.product(GRID_RRF_K, GRID_WEIGHTS, GRID_CANDIDATES):
-        # Same embedder, store and lexical encoder: only the ranking settings differ.
-        tuned = Memory(variant(settings, rrf_k, weights, candidates), memory.embedder, memory.store, memory.lexical)
-        m, rows = score(cases, run_searches(tuned, cases, "hybrid"), count_tokens)
-        grid.append({"rrf_k": rrf_k, "dense_weight": weights[0], "sparse_weight": weights[1], "candidates": candidates})
-        grid[-1].update(m)
-        grid_rows.append(rows)
-    order = sorted(range(len(grid)), key=lambda i: (grid[i][key], grid[i]["turn_recall@5"]), reverse=True)
-    print(f"\nFusion grid ({len(grid)} settings), best 15 by {key}; dense/sparse best is {floor:.3f}:")
-    print_table(
-        ["rrf_k", "w dense", "w sparse", "cand.", *HEADERS[1:]],
-        [[*(grid[i][k] for k in FUSION_KNOBS), *metrics_row("", grid[i])[1:]] for i in order[:15]],
-    )
-    winners = sum(g[key] > floor for g in grid)
-    print(f"{winners} of {len(grid)} settings beat both dense and sparse on {key}")
-    best = order[0]
-    wins, losses = paired(grid_rows[best], default_rows, key)
-    print(f"best grid setting vs default hybrid on {key}: better on {wins} questions, worse on {losses}")
-    return {
-        "settings": [grid[i] for i in order],
-        "best_vs_default": {"better": wins, "worse": losses},
-        "cross_validation": cross_validate(cases, grid, grid_rows, default_rows, key),
-    }
-
-
-def cross_validate(
-    cases: Sequence[Case],
-    grid: Sequence[dict[str, Any]],
-    grid_rows: Sequence[dict[str, dict[str, float]]],
-    default_rows: dict[str, dict[str, float]],
-    key: str,
-) -> dict[str, Any]:
-    """Two-fold check of tuning: pick the best setting on one half of the questions, score it on the other."""
-    ids = [c.question_id for c in cases if c.evidence_turns]
-    folds = [ids[0::2], ids[1::2]]
-    tuned_scores: list[float] = []
-    default_scores: list[float] = []
-    picks = []
-    for held_out, tune_on in ((folds[0], folds[1]), (folds[1], folds[0])):
-        pick = max(range(len(grid)), key=lambda i: statistics.fmean(grid_rows[i][q][key] for q in tune_on))
-        picks.append({k: grid[pick][k] for k in FUSION_KNOBS})
-        tuned_scores += [grid_rows[pick][q][key] for q in held_out]
-        default_scores += [default_rows[q][key] for q in held_out]
-    result = {
-        "picks": picks,
-        "held_out_tuned": statistics.fmean(tuned_scores),
-        "held_out_default": statistics.fmean(default_scores),
-    }
-    print(
-        f"2-fold cross-validation of the tuning on {key}: tuned {result['held_out_tuned']:.3f} vs default "
-        f"{result['held_out_default']:.3f} on held-out questions (picks: {picks})"
-    )
-    return result
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from lightmem_mcp.config import PipelineSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.extractor import BufferedTurn, DraftFact, FactExtractor
+from lightmem_mcp.indexing import Indexer
 from lightmem_mcp.lease import Leases, LocalLeases, scope_key
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
@@ -68,7 +69,7 @@ class ShortTermBuffer:
         self._settings = settings
         self._store = store
         self._embedder = embedder
-        self._lexical = lexical
+        self._indexer = Indexer(embedder, lexical)
         self._segmenter = segmenter
         self._extractor = extractor
         self._ledger = ledger
@@ -205,7 +206,9 @@ class ShortTermBuffer:
         if not pending:
             return []
         texts = [str(p.payload["text"]) for p in pending]
-        vectors = [p.dense or self._embedder.embed_query(t) for p, t in zip(pending, texts, strict=True)]
+        # The turns' own words: stored vectors carry the turns before each one too (indexing.py), which
+        # would blur the similarity of neighbours that segmentation looks for.
+        vectors = self._embedder.embed_documents(texts)
         threshold = self._settings.buffer_tokens
         tokens_of = {p.id: _turn_tokens(p) for p in pending}
         batches: list[list[list[BufferedTurn]]] = []
@@ -259,10 +262,8 @@ class ShortTermBuffer:
         self, scope: Scope, drafts: Sequence[DraftFact], turn_ids: tuple[str, ...], call_id: str
     ) -> list[StoredPoint]:
         stored_at = now()
-        texts = [draft.text for draft in drafts]
-        vectors = self._embedder.embed_documents(texts)
-        points = {}
-        for draft, vector in zip(drafts, vectors, strict=True):
+        records: dict[str, dict[str, object]] = {}
+        for draft in drafts:
             source_ids = [turn.message_id for turn in draft.sources]
             roles = {turn.role for turn in draft.sources}
             speakers = {turn.speaker for turn in draft.sources}
@@ -283,9 +284,8 @@ class ShortTermBuffer:
                 llm_call_id=call_id,
                 stage="extracted",
             )
-            fact_id = record_id(scope, "fact", key)
-            points[fact_id] = StoredPoint(fact_id, vector, self._lexical.encode_document(draft.text), payload)
-        return list(points.values())
+            records[record_id(scope, "fact", key)] = payload
+        return self._indexer.points(list(records.items()))
 
     # -- reading the buffer --------------------------------------------------------------
 

@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
         "--scopes", default="read,write", help="Comma-separated: read, write, admin (default read,write)."
     )
     new_token.add_argument("--name", help="Optional label kept in the tokens file, e.g. who holds the token.")
+    new_token.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="Append the line to this tokens file (created, or tightened, to mode 0600) and print only the token.",
+    )
+    reindex = commands.add_parser(
+        "reindex",
+        help="Bring a store written by an older lightmem-mcp to this version's index now (the server also does "
+        "it at start); resumes where an interrupted run stopped.",
+    )
+    reindex.add_argument("--batch", type=int, default=64, help="Records re-embedded per step (default 64).")
     doctor = commands.add_parser("doctor", help="Check every model and backend, then exit.")
     doctor.add_argument("--ping-llm", action="store_true", help="Also make one small call to the LLM.")
     export = commands.add_parser("export", help="Write memories as JSON Lines (a scope, or everything).")
@@ -46,8 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--agent", help="Only this agent of --user.")
     export.add_argument("--session", help="Only this session of --user.")
     export.add_argument("--vectors", action="store_true", help="Include dense vectors (else re-embedded on import).")
-    export.add_argument("--output", default="-", help="File to write, or - for stdout (the default).")
-    restore = commands.add_parser("import", help="Restore an export (same ids: importing twice changes nothing).")
+    export.add_argument(
+        "--output",
+        default="-",
+        help="File to write (created 0600, replaced only when complete; never a link or special file), "
+        "or - for stdout (the default).",
+    )
+    restore = commands.add_parser(
+        "import",
+        help="Restore an export: checked whole first (a bad line writes nothing); importing twice changes nothing; "
+        "points whose user or scope was edited are copied there under that scope's ids.",
+    )
     restore.add_argument("file", help="The export file, or - for stdin.")
     return parser
 
@@ -78,16 +99,46 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_doctor(settings, ping_llm=args.ping_llm)
 
+    if args.command == "reindex":
+        return _reindex(args, settings)
+
     if args.command in ("export", "import"):
         return _transfer(args, settings)
 
     if getattr(args, "transport", "stdio") != "stdio":
         return _serve_http(args, settings)
 
-    from lightmem_mcp.server import build_server
+    return _serve_stdio(settings)
 
-    server = build_server(settings)
-    server.run("stdio")
+
+def _reindex(args: argparse.Namespace, settings: Settings) -> int:
+    """`reindex`: open the store, re-index it if it is stale, report."""
+    from lightmem_mcp.errors import LightMemError
+    from lightmem_mcp.memory import Memory
+
+    if args.batch < 1:
+        print("lightmem-mcp: --batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        memory = Memory.open_idle(settings, reindex_batch=args.batch)
+    except LightMemError as exc:
+        print(f"lightmem-mcp: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"re-indexed {memory.reindexed} records" if memory.reindexed else "the store is up to date")
+    finally:
+        memory.close()
+    return 0
+
+
+def _serve_stdio(settings: Settings) -> int:
+    """`serve` (the default): the MCP server on stdin / stdout, until stdin ends."""
+    import anyio
+
+    from lightmem_mcp.server import build_server
+    from lightmem_mcp.stdio import serve_stdio
+
+    anyio.run(serve_stdio, build_server(settings))
     return 0
 
 
@@ -118,6 +169,19 @@ def _new_token(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"lightmem-mcp token new: {exc}", file=sys.stderr)
         return 2
+    if args.write is not None:
+        from lightmem_mcp.privacy import append_private
+
+        try:
+            tightened = append_private(args.write, line + "\n")
+        except OSError as exc:
+            print(f"lightmem-mcp token new: {args.write}: {exc.strerror}; nothing written", file=sys.stderr)
+            return 1
+        # Only the token on stdout, so that TOKEN=$(lightmem-mcp token new ... --write FILE) works.
+        print(token)
+        note = " (its mode was wider: now 0600)" if tightened else ""
+        print(f"lightmem-mcp token new: granted in {args.write}{note}; the token is shown only now", file=sys.stderr)
+        return 0
     print("# The token, shown only now. Clients send it as: Authorization: Bearer <token>")
     print(token)
     print("# Add this line to the file LIGHTMEM_AUTH_TOKENS_FILE names (or to LIGHTMEM_AUTH_TOKENS):")
@@ -130,10 +194,17 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
     from lightmem_mcp.errors import InvalidInput, LightMemError
     from lightmem_mcp.memory import Memory
     from lightmem_mcp.records import Scope
+    from lightmem_mcp.transfer import atomic_output, check_output, open_export
 
     if args.command == "export" and args.user is None and (args.agent or args.session):
         print("lightmem-mcp export: --agent and --session narrow a --user; give --user too", file=sys.stderr)
         return 2
+    if args.command == "export" and args.output != "-":
+        try:
+            target = check_output(args.output)  # before loading any model
+        except InvalidInput as exc:
+            print(f"lightmem-mcp export: {exc}", file=sys.stderr)
+            return 2
     try:
         memory = Memory.open_idle(settings)
     except LightMemError as exc:
@@ -145,33 +216,25 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
             if args.output == "-":
                 done = memory.export_records(sys.stdout, scope, vectors=args.vectors)
             else:
-                # Written beside the target and renamed, so a failed export never leaves half a file.
-                target = Path(args.output)
-                partial = target.with_name(f".{target.name}.partial")
-                try:
-                    with open(partial, "w", encoding="utf-8", newline="\n") as out:
-                        done = memory.export_records(out, scope, vectors=args.vectors)
-                    partial.replace(target)
-                finally:
-                    partial.unlink(missing_ok=True)
+                with atomic_output(target) as out:
+                    done = memory.export_records(out, scope, vectors=args.vectors)
             kinds = ", ".join(f"{n} {kind}" for kind, n in done.by_kind.items()) or "nothing"
             print(f"lightmem-mcp export: {done.points} points ({kinds}) to {args.output}", file=sys.stderr)
         else:
-            if args.file == "-":
-                result = memory.import_records(sys.stdin)
-            else:
-                with open(args.file, encoding="utf-8") as source:
-                    result = memory.import_records(source)
+            with open_export(args.file) as source:
+                result = memory.import_records(source)
+            copies = f", {result.copied} copied into an edited scope" if result.copied else ""
             print(
                 f"lightmem-mcp import: {result.points} points from {args.file} "
-                f"({result.embedded} embedded here, {result.vectors_kept} vectors kept)",
+                f"({result.embedded} embedded here, {result.vectors_kept} vectors kept{copies})",
                 file=sys.stderr,
             )
     except OSError as exc:
         print(f"lightmem-mcp {args.command}: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 1
     except InvalidInput as exc:
-        print(f"lightmem-mcp {args.command} refused, nothing written: {exc}", file=sys.stderr)
+        done_what = "nothing written" if args.command == "import" else "no file written"
+        print(f"lightmem-mcp {args.command} refused, {done_what}: {exc}", file=sys.stderr)
         return 1
     except LightMemError as exc:
         print(f"lightmem-mcp {args.command} failed: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from lightmem_mcp.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda", "npu", "mps"]
 SearchMode = Literal["hybrid", "dense", "sparse"]
+FusionMethod = Literal["minmax", "rrf", "dbsf"]
 LLMProvider = Literal["none", "deepseek", "huawei-maas", "pangu", "openai", "openai-compatible"]
 
 
@@ -104,10 +105,32 @@ class SearchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SEARCH_", extra="forbid")
 
     mode: SearchMode = Field(default="hybrid", description="hybrid, dense or sparse.")
-    rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant.")
+    fusion: FusionMethod = Field(
+        default="rrf",
+        description="How hybrid search fuses its two rankings for a query that names no speaker of the memories: "
+        "rrf (weighted reciprocal rank), minmax (each ranking's scores scaled to 0..1, then a weighted sum) or "
+        "dbsf (mean ± 3 sd scaling, then a weighted sum).",
+    )
+    rrf_k: int = Field(default=30, ge=1, le=1000, description="Reciprocal-rank-fusion constant (fusion rrf).")
     dense_weight: float = Field(default=1.0, gt=0, description="Weight of the dense ranking in fusion.")
-    sparse_weight: float = Field(default=1.0, gt=0, description="Weight of the lexical ranking in fusion.")
+    sparse_weight: float = Field(
+        default=0.5, gt=0, description="Weight of the lexical ranking, for a query that names no speaker."
+    )
+    named_fusion: FusionMethod = Field(
+        default="minmax",
+        description="The fusion for a query that names someone who speaks in the memories searched "
+        '("When did Caroline ..."): names are matched by the lexical ranking, not by the dense one.',
+    )
+    named_sparse_weight: float = Field(
+        default=1.5, gt=0, description="Weight of the lexical ranking, for a query that names a speaker."
+    )
     candidates: int = Field(default=100, ge=1, le=10_000, description="Candidates per ranking before fusion.")
+    session_gap_minutes: float = Field(
+        default=30.0,
+        gt=0,
+        description="Turns of one scope further apart than this start a new session: the turns a turn is "
+        "indexed with, and a hit's context window, stop there (records with a session_id also stop at it).",
+    )
 
 
 class LimitSettings(BaseSettings):
@@ -499,6 +522,37 @@ class LeaseSettings(BaseSettings):
     lease_ttl_s: float = Field(default=60.0, ge=1, description="Lease lifetime; renewed while the work runs.")
 
 
+class RedactionSettings(BaseSettings):
+    """Secrets (API keys, tokens, passwords, private keys) taken out of messages before they are kept."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_REDACTION_", extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Replace secrets in messages with [REDACTED:<kind>] before they are compressed, "
+        "embedded, stored or sent to the LLM.",
+    )
+    patterns: list[str] = Field(
+        default_factory=list,
+        description="Extra regular expressions for secrets of your own (a JSON list in the env var); "
+        "the whole match is redacted, or only its `secret` group when it has one.",
+    )
+
+    @field_validator("patterns", mode="after")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for number, pattern in enumerate(patterns, 1):
+            if not pattern:
+                raise ValueError(f"pattern {number} is empty: it would match everywhere")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {number} {pattern!r} is not a Python regular expression ({exc})") from None
+            if compiled.search(""):
+                raise ValueError(f"pattern {number} {pattern!r} matches the empty string: it would match everywhere")
+        return patterns
+
+
 class Settings(BaseModel):
     """All settings, one field per concern."""
 
@@ -517,6 +571,7 @@ class Settings(BaseModel):
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     leases: LeaseSettings = Field(default_factory=LeaseSettings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
 
 
 # One TOML section per field of Settings, named like the field.

@@ -35,12 +35,13 @@ from pydantic import BaseModel, Field
 from lightmem_mcp.config import ConsolidationSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.indexing import Indexer
 from lightmem_mcp.lease import Leases, LocalLeases, scope_key
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
-from lightmem_mcp.records import FoundPoint, MemoryRecord, RecordFilter, Scope, SparseVector, StoredPoint, record_id
-from lightmem_mcp.store import Ranking, VectorStore
+from lightmem_mcp.records import FoundPoint, MemoryRecord, RecordFilter, Scope, StoredPoint, record_id
+from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ PURPOSE = "update"
 _MAX_FACTS = 10_000
 _MAX_SCOPES = 10_000
 _MAX_REPORTED_CHANGES = 500
-_DENSE_ONLY = Ranking(mode="dense")
-_NO_TERMS = SparseVector([], [])
 
 Progress = Callable[[float, float, str], None]
 
@@ -188,7 +187,7 @@ class Consolidator:
         self._settings = settings
         self._store = store
         self._embedder = embedder
-        self._lexical = lexical
+        self._indexer = Indexer(embedder, lexical)
         self._llm = llm
         self._ledger = ledger
         # One replica (and one thread) at a time consolidates a user; the others skip that user.
@@ -321,7 +320,7 @@ class Consolidator:
                 statuses=("active",),
                 until_ts=newer.order[0],
             )
-            for point in self._store.query(vector, _NO_TERMS, where, self._settings.top_k, _DENSE_ONLY):
+            for point in self._store.nearest(vector, where, self._settings.top_k):
                 older = _Fact(point)
                 if point.score < self._settings.score_threshold or older.order >= newer.order:
                     continue
@@ -414,8 +413,8 @@ class Consolidator:
             supersedes=[old.id],
             history=[*_history(old), entry],
         )
-        [vector] = self._embedder.embed_documents([change.new_text])
-        return StoredPoint(change.new_id, vector, self._lexical.encode_document(change.new_text), payload)
+        [point] = self._indexer.points([(change.new_id, payload)])
+        return point
 
 
 def _history(fact: _Fact) -> list[dict[str, Any]]:

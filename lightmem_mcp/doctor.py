@@ -15,6 +15,7 @@ from lightmem_mcp.config import Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
+from lightmem_mcp.privacy import exposed
 from lightmem_mcp.store import open_store
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 
@@ -70,6 +71,8 @@ def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
             report["ping"] = {"ok": result.value.ok, "seconds": round(result.call.seconds, 2)}
         return report
 
+    # Before the store check: opening the store makes its directory private, which would hide the finding.
+    check("privacy", False, lambda: check_privacy(settings))
     check("embedding", True, embedding)
     if embedder:
         check("store", True, store)
@@ -78,3 +81,39 @@ def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
     if failed:
         print("lightmem-mcp doctor: memories cannot be stored or searched; see the errors above", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_privacy(settings: Settings) -> dict[str, Any]:
+    """Whether other users can read the data directory, the embedded store or the tokens file."""
+    report: dict[str, Any] = {}
+    warnings = []
+    store = settings.store
+    if store.qdrant_url:
+        report["data"] = "on the Qdrant server: protect its volumes (see docs/deploy-huawei-cce.md)"
+    else:
+        roots = list(dict.fromkeys([store.data_dir, store.embedded_path]))
+        report["checked"] = [str(root) for root in roots]
+        # The data directory itself; its files are those of the store (and of nothing else lightmem writes).
+        wider = [*exposed(store.data_dir, recursive=False), *exposed(store.embedded_path)]
+        wider = list({item.path: item for item in wider}.values())
+        if wider:
+            shown = ", ".join(item.describe() for item in wider[:5])
+            more = f" and {len(wider) - 5} more" if len(wider) > 5 else ""
+            warnings.append(
+                f"{len(wider)} path(s) other users can read or enter: {shown}{more}; memories are kept in clear: "
+                f"run `chmod -R go-rwx {' '.join(str(r) for r in roots)}` (the server makes the store "
+                "directory 0700 and its files 0600 when it opens it)"
+            )
+    tokens = settings.auth.tokens_file
+    if tokens is not None:
+        report["tokens_file"] = str(tokens)
+        # Group read is how Kubernetes mounts a Secret for the pod's fsGroup; other users are never needed.
+        world = [item for item in exposed(tokens, recursive=False) if item.mode & 0o007]
+        if world:
+            warnings.append(
+                f"the tokens file {world[0].describe()} is readable by every user: run `chmod 600 {tokens}`"
+            )
+    if warnings:
+        report["ok"] = False
+        report["warning"] = "; ".join(warnings)
+    return report

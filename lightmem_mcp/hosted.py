@@ -5,6 +5,10 @@ metadata, DNS-rebinding checks and body-size limit) mounted under a small Starle
 adds `/healthz`, `/readyz` and `/metrics` (unauthenticated: they carry no user data) and owns
 the lifespan: the `Memory` opens once per process and closes once, at shutdown.
 
+Small ASGI guards in front of it answer what the SDK would leave hanging or echo: `GET /mcp` (405),
+a refused Host or Origin on `/sse` (without the SDK's traceback) and a request id too large to
+send back (400, see `jsonrpc`).
+
 Streamable HTTP is stateless (JSON responses), so any replica answers any request behind a
 round-robin load balancer. SSE keeps a session in the process that opened the stream, so SSE
 clients need sticky sessions.
@@ -24,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,9 +37,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
+import pydantic_core
 import uvicorn
 from mcp.server.auth.settings import AuthSettings as ProtectedResourceSettings
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from prometheus_client import disable_created_metrics
 from pydantic import AnyHttpUrl
 from sse_starlette.sse import AppStatus
@@ -48,6 +54,7 @@ from starlette.types import Scope as ASGIScope
 
 from lightmem_mcp.auth import RequestToken, build_verifier
 from lightmem_mcp.config import HttpSettings, Settings
+from lightmem_mcp.jsonrpc import Refusal, id_refusal
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from lightmem_mcp.records import RecordFilter, Scope
@@ -125,6 +132,8 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
             host=http.host,
         )
 
+    edge: ASGIApp = NoGetStream(mcp_app) if transport == "http" else SseHostCheck(OneResponse(mcp_app), security)
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         metrics.know_tools(tool.name for tool in await server.list_tools())
@@ -152,7 +161,7 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_page, methods=["GET"]),
-            Mount("/", app=mcp_app if transport == "http" else OneResponse(mcp_app)),
+            Mount("/", app=RequestIdLimit(edge, http.max_request_bytes)),
         ],
         lifespan=lifespan,
     )
@@ -292,6 +301,98 @@ class OneResponse:
             await send(message)
 
         await self._app(scope, receive, once)
+
+
+class NoGetStream:
+    """ASGI guard: `GET /mcp` gets 405 (Allow: POST), which the MCP spec allows a server without a GET stream.
+
+    The SDK's stateless transport answers it with an event stream that nothing is ever sent on and
+    that never ends (`StreamableHTTPSessionManager._handle_stateless_request` hands it to
+    `StreamableHTTPServerTransport._handle_get_request`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """Answer `GET /mcp`; pass everything else through."""
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == MCP_PATH:
+            refused = PlainTextResponse("Method Not Allowed: this server has no GET stream", 405, {"Allow": "POST"})
+            await refused(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+class SseHostCheck:
+    """ASGI guard: `GET /sse` with a refused Host or Origin gets the SDK's refusal (421 / 403) from here.
+
+    The SDK's SSE endpoint sends that refusal and then raises (`SseServerTransport.connect_sse`), so
+    each one logged an ASGI traceback and could reset the connection before the answer was read.
+    """
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self._app = app
+        self._security = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """Answer a refused `GET /sse`; pass everything else through."""
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == SSE_PATH:
+            refused = await self._security.validate_request(Request(scope, receive), is_post=False)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+class RequestIdLimit:
+    """ASGI guard: a JSON-RPC request whose id is too large to echo gets a 400 with a null id.
+
+    The SDK answers every request with its id, whatever its size: a 1 MB id came back whole. A body
+    over `max_body_bytes` is passed on unread, for the SDK's 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self._app = app
+        self._max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """Read a JSON-RPC POST's body, answer it if its id is refused, else replay it to the app."""
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not _is_jsonrpc_path(path):
+            await self._app(scope, receive, send)
+            return
+        received: deque[ASGIMessage] = deque()
+        size, complete = 0, False
+        while not complete and size <= self._max_body_bytes:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            complete = not message.get("more_body", False)
+        if complete and size <= self._max_body_bytes:
+            refused = _id_refusal(b"".join(m.get("body", b"") for m in received))
+            if refused is not None:
+                answer = refused.answer.model_dump_json(by_alias=True, exclude_unset=True)
+                await Response(answer, 400, media_type="application/json")(scope, receive, send)
+                return
+
+        async def replay() -> ASGIMessage:
+            return received.popleft() if received else await receive()
+
+        await self._app(scope, replay, send)
+
+
+def _is_jsonrpc_path(path: str) -> bool:
+    return path == MCP_PATH or path.startswith(SSE_MESSAGE_PATH)
+
+
+def _id_refusal(body: bytes) -> Refusal | None:
+    try:
+        raw = pydantic_core.from_json(body)
+    except ValueError:
+        return None  # the SDK answers what does not parse
+    return id_refusal(raw)
 
 
 class DrainingServer(uvicorn.Server):

@@ -7,7 +7,7 @@ import binascii
 import json
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TextIO, cast
@@ -16,16 +16,28 @@ from lightmem_mcp.buffer import FlushResult, ShortTermBuffer
 from lightmem_mcp.compressor import Compression, Compressor
 from lightmem_mcp.config import SearchMode, Settings
 from lightmem_mcp.consolidate import ConsolidateResult, Consolidator, HistoryEntry, HistoryResult, Progress
+from lightmem_mcp.conversation import order_key, preceding, same_session, scope_of, session_run, turns_near
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.extractor import FactExtractor
+from lightmem_mcp.fusion import Ranking, fuse
+from lightmem_mcp.indexing import CONTEXT_TURNS, Indexer, context_line
 from lightmem_mcp.lease import RedisLeases, open_leases
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
+from lightmem_mcp.recall import (
+    DEFAULT_RECALL_TOKENS,
+    MAX_RECALL_TOKENS,
+    MIN_RECALL_TOKENS,
+    RECALL_CANDIDATES,
+    RecallResult,
+    pack,
+)
 from lightmem_mcp.records import (
     KINDS,
     AddResult,
+    ContextWindow,
     DeleteResult,
     FoundPoint,
     GetResult,
@@ -38,14 +50,17 @@ from lightmem_mcp.records import (
     SearchFilters,
     SearchHit,
     SearchResult,
-    StoredPoint,
+    WindowTurn,
+    is_blank,
     record_id,
     record_payload,
 )
+from lightmem_mcp.redact import SecretRedactor
+from lightmem_mcp.reindex import reindex_store
 from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.sleep import SleepSchedule
 from lightmem_mcp.stats import StatsResult, collect_stats
-from lightmem_mcp.store import Ranking, VectorStore, open_store
+from lightmem_mcp.store import VectorStore, open_store
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from lightmem_mcp.summarize import Summarizer, SummarizeResult, Window
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
@@ -53,6 +68,8 @@ from lightmem_mcp.transfer import ExportResult, ImportResult, export_points, imp
 
 _MAX_SCOPE_ID = 256
 _MAX_VERSIONS = 100
+# Speaker names looked at to tell whether a query names one.
+_MAX_SPEAKERS = 256
 
 
 class Memory:
@@ -69,9 +86,12 @@ class Memory:
     ) -> None:
         self._settings = settings
         self._limits = settings.limits
+        self.redactor = SecretRedactor(settings.redaction)
         self.embedder = embedder
         self.store = store
         self.lexical = lexical
+        self.indexer = Indexer(embedder, lexical)
+        self.reindexed = 0  # records rewritten at open for this version's index (see reindex)
         self.compressor = compressor or Compressor(settings.compression)
         self.llm = llm or LLMClient(settings.llm)
         self.ledger = UsageLedger(store)
@@ -107,13 +127,7 @@ class Memory:
         self.sleep = SleepSchedule(settings.sleep, store, self.consolidator, self.summarizer)
         self.buffer.on_facts = self.sleep.facts_written
         search = settings.search
-        self._ranking = Ranking(
-            mode=search.mode,
-            rrf_k=search.rrf_k,
-            dense_weight=search.dense_weight,
-            sparse_weight=search.sparse_weight,
-            candidates=search.candidates,
-        )
+        self._ranking = Ranking.from_settings(search)
 
     @classmethod
     def open(cls, settings: Settings) -> Memory:
@@ -127,6 +141,7 @@ class Memory:
         # stored uncompressed (marked "loading") rather than kept waiting.
         threading.Thread(target=compressor.load, name="lightmem-compressor", daemon=True).start()
         memory = cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
+        memory.reindex()
         memory.buffer.resume()  # a restart picks up buffers that filled before it
         if memory.llm.configured:
             memory.sleep.start()
@@ -156,9 +171,10 @@ class Memory:
         stored_at = now()
         seen: dict[str, int] = {}
         prepared: list[tuple[str, Message, datetime]] = []
+        redactions: list[dict[str, int]] = []  # per message: secrets taken out, by kind
         for index, message in enumerate(messages):
             field = f"messages[{index}]"
-            if not message.content.strip():
+            if is_blank(message.content):
                 raise InvalidInput(f"{field}.content", "empty: a memory needs some text")
             if len(message.content) > self._limits.max_message_chars:
                 raise InvalidInput(
@@ -166,6 +182,11 @@ class Memory:
                     f"{len(message.content)} characters; at most {self._limits.max_message_chars} "
                     "(LIGHTMEM_MAX_MESSAGE_CHARS): split the message",
                 )
+            # Secrets go before anything is compressed, embedded, stored or sent to the LLM.
+            redacted = self.redactor.redact(message.content)
+            if redacted.kinds:
+                message = message.model_copy(update={"content": redacted.text})
+            redactions.append(redacted.kinds)
             message_id = message.id if message.id is not None else uuid.uuid4().hex
             if message_id in seen:
                 raise InvalidInput(f"{field}.id", f"{message_id!r} repeats messages[{seen[message_id]}].id")
@@ -181,10 +202,9 @@ class Memory:
             prepared.append((message_id, message, event_time))
 
         shrunk = self._compress([message for _, message, _ in prepared])
-        dense = self.embedder.embed_documents([text for text, _, _, _ in shrunk])
-        points = []
-        for position, ((message_id, message, event_time), vector, (text, before, after, how)) in enumerate(
-            zip(prepared, dense, shrunk, strict=True)
+        records: list[tuple[str, dict[str, object]]] = []
+        for position, ((message_id, message, event_time), (text, before, after, how)) in enumerate(
+            zip(prepared, shrunk, strict=True)
         ):
             payload = record_payload(
                 scope,
@@ -203,14 +223,34 @@ class Memory:
                 compression=how,
                 stage="pending" if self.buffer.active and self.buffer.uses(message.role) else "skipped",
                 position=position,
+                redactions=redactions[position],
             )
-            turn_id = record_id(scope, "turn", message_id)
-            points.append(StoredPoint(turn_id, vector, self.lexical.encode_document(text), payload))
+            records.append((record_id(scope, "turn", message_id), payload))
+        self._add_context(scope, records)
+        points = self.indexer.points(records)
         self.store.upsert(points)
         if self.on_turns is not None:
             self.on_turns([point.payload for point in points])
         self.buffer.notify(scope)
         return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
+
+    def _add_context(self, scope: Scope, records: Sequence[tuple[str, dict[str, object]]]) -> None:
+        """Give each new turn the turns said just before it in its session (stored ones, then the
+        earlier messages of this call), as the `context` its index text carries."""
+        gap_s = self._settings.search.session_gap_minutes * 60
+        ids = {record_id for record_id, _ in records}
+        first = order_key(records[0][1])
+        earlier = [p.payload for p in preceding(self.store, scope, first, CONTEXT_TURNS, gap_s, exclude=ids)]
+        for _, payload in records:
+            run: list[Mapping[str, object]] = []
+            later: Mapping[str, object] = payload
+            for candidate in reversed(earlier):
+                if len(run) == CONTEXT_TURNS or not same_session(candidate, later, gap_s):
+                    break
+                run.append(candidate)
+                later = candidate
+            payload["context"] = [context_line(p) for p in reversed(run)]
+            earlier.append(payload)
 
     def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:
         """(text, tokens before, tokens after, how) per message. Only messages of the roles that feed
@@ -265,7 +305,7 @@ class Memory:
         """Write one summary record per window (session, day, week or all) of the scope's memories."""
         _check_scope(scope)
         since_ts, until_ts = _time_range(since, until)
-        if topic is not None and not topic.strip():
+        if topic is not None and is_blank(topic):
             raise InvalidInput("topic", "empty: omit it or name what to summarize")
         result = self.summarizer.run(
             scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, progress=progress
@@ -316,7 +356,7 @@ class Memory:
         self, text: str, rate: float | None = None, target_tokens: int | None = None, force_tokens: Sequence[str] = ()
     ) -> Compression:
         """Compress text for the caller's own prompt; raises when no compression model is available."""
-        if not text.strip():
+        if is_blank(text):
             raise InvalidInput("text", "empty: give the text to compress")
         if len(text) > self._limits.max_message_chars:
             raise InvalidInput("text", f"longer than {self._limits.max_message_chars} characters: split it")
@@ -335,20 +375,122 @@ class Memory:
         limit: int = 10,
         filters: SearchFilters | None = None,
         mode: SearchMode | None = None,
+        context: int = 0,
     ) -> SearchResult:
-        """Best matches for `query` within the scope and filters."""
+        """Best matches for `query` within the scope and filters; with `context`, the turns around each
+        turn hit (that many before and after, same session), overlapping windows merged."""
+        where = self._check_query(query, scope, filters)
+        self._check_limit(limit)
+        _check_context(context)
+        ranking = self._ranking if mode is None else replace(self._ranking, mode=mode)
+        found = self._rank(query, where, limit, ranking)
+        hits = [_hit(point) for point in found]
+        if not context:
+            return SearchResult(hits=hits)
+        windows: list[ContextWindow] = []
+        for run, members in _merged([(i, self._window(p, context)) for i, p in enumerate(found)]):
+            hit_ids = {found[i].id for i in members}
+            for i in members:
+                hits[i].window = len(windows)
+            windows.append(
+                ContextWindow(
+                    session_id=cast(str | None, run[0].payload.get("session_id")),
+                    turns=[_window_turn(p, p.id in hit_ids) for p in run],
+                    hits=members,
+                )
+            )
+        return SearchResult(hits=hits, windows=windows)
+
+    def recall(
+        self,
+        query: str,
+        scope: Scope,
+        max_tokens: int = DEFAULT_RECALL_TOKENS,
+        context: int = 1,
+        filters: SearchFilters | None = None,
+        compress: bool = False,
+    ) -> RecallResult:
+        """The context to put in a prompt before answering: the best hits with the turns around them,
+        packed into at most `max_tokens` tokens, grouped by session in time order, each block citing
+        its sources."""
+        where = self._check_query(query, scope, filters)
+        if not MIN_RECALL_TOKENS <= max_tokens <= MAX_RECALL_TOKENS:
+            raise InvalidInput(
+                "max_tokens", f"{max_tokens} is out of range: use {MIN_RECALL_TOKENS} to {MAX_RECALL_TOKENS}"
+            )
+        _check_context(context)
+        found = self._rank(query, where, RECALL_CANDIDATES, self._ranking)
+        shrink = None
+        if compress and self.compressor.status == "ready":
+            shrink = self._shrink
+        return pack(
+            found,
+            lambda point: self._window(point, context) if context else [point],
+            max_tokens,
+            self.compressor.counter.count,
+            shrink,
+        )
+
+    def _shrink(self, texts: Sequence[str]) -> list[str]:
+        return [c.text for c in self.compressor.compress_many(list(texts))]
+
+    def _check_query(self, query: str, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
         _check_scope(scope)
-        if not query.strip():
+        if is_blank(query):
             raise InvalidInput("query", "empty: say what to look for")
         if len(query) > self._limits.max_message_chars:
             raise InvalidInput("query", f"longer than {self._limits.max_message_chars} characters: shorten it")
-        self._check_limit(limit)
-        where = self._where(scope, filters)
-        ranking = self._ranking if mode is None else replace(self._ranking, mode=mode)
-        found = self.store.query(
-            self.embedder.embed_query(query), self.lexical.encode_query(query), where, limit, ranking
-        )
-        return SearchResult(hits=[_hit(point) for point in found])
+        return self._where(scope, filters)
+
+    def _rank(self, query: str, where: RecordFilter, limit: int, ranking: Ranking) -> list[FoundPoint]:
+        """The best `limit` records, with payloads and scores: each arm ranks `candidates` records
+        without payload, the fusion orders them, and only the winners are read."""
+        depth = limit if ranking.mode != "hybrid" else max(ranking.candidates, limit)
+        dense: list[FoundPoint] = []
+        sparse: list[FoundPoint] = []
+        if ranking.mode != "sparse":
+            dense = self.store.nearest(self.embedder.embed_query(query), where, depth, with_payload=False)
+        terms = self.lexical.query_terms(query) if ranking.mode != "dense" else []
+        if terms:
+            total, frequencies = self.store.term_stats(where.user_id, terms)
+            weighted = self.lexical.weigh(terms, total, frequencies)
+            sparse = self.store.nearest(weighted, where, depth, with_payload=False)
+        if ranking.mode == "hybrid":
+            fusion = ranking.named if self._names_speaker(terms, where) else ranking.plain
+            ranked = fuse(dense, sparse, fusion)[:limit]
+        else:
+            ranked = [(p.id, p.score) for p in (dense or sparse)[:limit]]
+        if not ranked:
+            return []
+        ids = tuple(point_id for point_id, _ in ranked)
+        read = {p.id: p for p in self.store.scroll(replace(where, ids=ids), len(ids))}
+        return [FoundPoint(i, read[i].payload, score) for i, score in ranked if i in read]
+
+    def names_speaker(self, query: str, scope: Scope) -> bool:
+        """Whether the query names someone who speaks in the scope's memories; hybrid search then
+        fuses with the `named_*` settings (see fusion.py)."""
+        return self._names_speaker(self.lexical.query_terms(query), RecordFilter(scope.user_id, scope.agent_id))
+
+    def _names_speaker(self, terms: Sequence[int], where: RecordFilter) -> bool:
+        if not terms:
+            return False
+        speakers = self.store.values("speaker", RecordFilter(where.user_id, where.agent_id), _MAX_SPEAKERS)
+        named = {term for name in speakers for term in self.lexical.query_terms(name)}
+        return not named.isdisjoint(terms)
+
+    def _window(self, point: FoundPoint, context: int) -> list[FoundPoint]:
+        """The hit and up to `context` turns before and after it in its session; just the hit when it
+        is not a turn."""
+        if point.payload.get("kind") != "turn":
+            return [point]
+        gap_s = self._settings.search.session_gap_minutes * 60
+        event_ts = float(cast(float, point.payload["event_ts"]))
+        span = context * gap_s
+        near = turns_near(self.store, scope_of(point.payload), event_ts - span, event_ts + span)
+        index = next((i for i, p in enumerate(near) if p.id == point.id), None)
+        if index is None:  # deleted between the ranking and now
+            return [point]
+        return session_run(near, index, context, context, gap_s)
 
     def get(self, ids: Sequence[str], scope: Scope) -> GetResult:
         """Records by id; ids outside the scope are reported missing, never revealed."""
@@ -466,13 +608,20 @@ class Memory:
     # -- accounting and transfer ---------------------------------------------------------
 
     @classmethod
-    def open_idle(cls, settings: Settings) -> Memory:
+    def open_idle(cls, settings: Settings, reindex_batch: int = 64) -> Memory:
         """The embedder and the store only: no compressor load, no background extraction or sleep-time
         work. For export, import and other offline maintenance."""
         embedder = SentenceTransformerEmbedder(settings.embedding)
         lexical = LexicalEncoder()
         layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
-        return cls(settings, embedder, open_store(settings.store, layout), lexical)
+        memory = cls(settings, embedder, open_store(settings.store, layout), lexical)
+        memory.reindex(reindex_batch)
+        return memory
+
+    def reindex(self, batch: int = 64) -> None:
+        """Re-index a store written by an older lightmem-mcp (resumable); `reindexed` says how many records."""
+        gap_s = self._settings.search.session_gap_minutes * 60
+        self.reindexed = reindex_store(self.store, self.indexer, gap_s, batch)
 
     def stats(self, scope: Scope) -> StatsResult:
         """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
@@ -487,7 +636,7 @@ class Memory:
 
     def import_records(self, source: TextIO) -> ImportResult:
         """Restore an export: validated whole first, then upserted with the same ids, re-embedded when needed."""
-        return import_points(self.store, self.embedder, self.lexical, source)
+        return import_points(self.store, self.embedder, self.lexical, source, self._limits)
 
     def _layout(self) -> StoreLayout:
         return StoreLayout(SCHEMA_VERSION, self.embedder.dimension, self.embedder.id, self.lexical.id)
@@ -498,10 +647,50 @@ def _check_scope(scope: Scope) -> None:
         value = getattr(scope, name)
         if value is None:
             continue
-        if not value.strip():
+        if is_blank(value):
             raise InvalidInput(name, "empty: omit it or give a non-blank id")
         if len(value) > _MAX_SCOPE_ID or any(ord(c) < 32 for c in value):
             raise InvalidInput(name, f"must be at most {_MAX_SCOPE_ID} printable characters")
+
+
+MAX_CONTEXT = 10
+
+
+def _check_context(context: int) -> None:
+    if not 0 <= context <= MAX_CONTEXT:
+        raise InvalidInput("context", f"{context} is out of range: use 0 (no window) to {MAX_CONTEXT} turns each side")
+
+
+def _merged(spans: Sequence[tuple[int, list[FoundPoint]]]) -> list[tuple[list[FoundPoint], list[int]]]:
+    """Windows that share a turn become one (in conversation order), listed by their best hit."""
+    merged: list[tuple[dict[str, FoundPoint], list[int]]] = []
+    for hit, run in spans:
+        if len(run) == 1 and run[0].payload.get("kind") != "turn":
+            continue  # facts and summaries have no window
+        turns = {p.id: p for p in run}
+        overlapping = [m for m in merged if m[0].keys() & turns.keys()]
+        for m in overlapping:
+            merged.remove(m)
+            turns.update(m[0])
+        hits = sorted({hit, *(i for m in overlapping for i in m[1])})
+        merged.append((turns, hits))
+    merged.sort(key=lambda m: m[1][0])
+    return [(sorted(turns.values(), key=lambda p: order_key(p.payload)), hits) for turns, hits in merged]
+
+
+def _window_turn(point: FoundPoint, hit: bool) -> WindowTurn:
+    p = point.payload
+    return WindowTurn.model_validate(
+        {
+            "id": point.id,
+            "source_ids": p.get("source_ids") or [],
+            "role": p.get("role"),
+            "speaker": p.get("speaker"),
+            "text": p["text"],
+            "event_time": p["event_time"],
+            "hit": hit,
+        }
+    )
 
 
 def _time_range(since: str | None, until: str | None, prefix: str = "") -> tuple[float | None, float | None]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 Role = Literal["user", "assistant", "system", "tool"]
 Kind = Literal["turn", "fact", "summary"]
@@ -16,25 +19,48 @@ Status = Literal["active", "superseded", "deleted"]
 ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool")
 KINDS: tuple[Kind, ...] = ("turn", "fact", "summary")
 
-ScopeId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+# Longest user, agent, session, message or record id, and speaker name.
+MAX_ID_CHARS = 256
+# Most speaker names one search filter may list.
+MAX_SPEAKERS = 100
+
+ScopeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f]+$")]
+Speaker = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+
+
+def is_blank(text: str) -> bool:
+    """Whether text shows nothing: only whitespace, control and format characters (zero-width space, BOM...)."""
+    # str.strip() keeps U+200B, U+2060, U+FEFF and the other format characters (category Cf).
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 class Message(BaseModel):
     """One conversation message to remember."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON types as the schema says ("1" is not a role, 1 is not a text).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Role = Field(description="Who spoke: user, assistant, system or tool.")
-    content: str = Field(description="The message text, as said. Stored verbatim.")
+    content: str = Field(
+        description="The message text, as said. Stored verbatim. Not blank; at most LIGHTMEM_MAX_MESSAGE_CHARS "
+        "characters (32,000 by default)."
+    )
     id: ScopeId | None = Field(
         default=None,
-        description="Your id for this message; search results cite it in source_ids. Generated if absent.",
+        description=f"Your id for this message, at most {MAX_ID_CHARS} characters; search results cite it in "
+        "source_ids. Generated if absent.",
     )
     timestamp: str | None = Field(
         default=None,
-        description="When it was said: ISO 8601 or '2023/05/20 (Sat) 00:44'. Defaults to now (UTC).",
+        max_length=MAX_TIME_CHARS,
+        description="When it was said: ISO 8601 or '2023/05/20 (Sat) 00:44', at most "
+        f"{MAX_TIME_CHARS} characters. Defaults to now (UTC).",
     )
-    name: str | None = Field(default=None, max_length=256, description="Speaker name, when several people talk.")
+    name: str | None = Field(
+        default=None,
+        max_length=MAX_ID_CHARS,
+        description=f"Speaker name, when several people talk; at most {MAX_ID_CHARS} characters.",
+    )
 
 
 @dataclass(frozen=True)
@@ -49,13 +75,26 @@ class Scope:
 class SearchFilters(BaseModel):
     """Optional narrowing of a search; every field is ANDed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kinds: list[Kind] | None = Field(default=None, description="Only these kinds: turn, fact, summary.")
     roles: list[Role] | None = Field(default=None, description="Only memories from these roles.")
-    speakers: list[str] | None = Field(default=None, description="Only memories from these speaker names.")
-    since: str | None = Field(default=None, description="Only events at or after this time (ISO 8601).")
-    until: str | None = Field(default=None, description="Only events at or before this time (ISO 8601).")
+    speakers: list[Speaker] | None = Field(
+        default=None,
+        max_length=MAX_SPEAKERS,
+        description=f"Only memories from these speaker names: at most {MAX_SPEAKERS} names of at most "
+        f"{MAX_ID_CHARS} characters.",
+    )
+    since: str | None = Field(
+        default=None,
+        max_length=MAX_TIME_CHARS,
+        description=f"Only events at or after this time (ISO 8601, at most {MAX_TIME_CHARS} characters).",
+    )
+    until: str | None = Field(
+        default=None,
+        max_length=MAX_TIME_CHARS,
+        description=f"Only events at or before this time (ISO 8601, at most {MAX_TIME_CHARS} characters).",
+    )
     include_superseded: bool = Field(
         default=False, description="Also facts that newer facts updated or contradicted (see memory_history)."
     )
@@ -78,6 +117,8 @@ class RecordFilter:
     stages: tuple[str, ...] = ()
     batch_turn_ids: tuple[str, ...] = ()
     superseded_by: tuple[str, ...] = ()
+    # Only records whose lexical vector holds this term id (BM25 document frequencies).
+    term: int | None = None
     # True: agent_id / session_id of None mean "unset" rather than "any" (the buffer of one scope).
     exact_scope: bool = False
 
@@ -112,6 +153,13 @@ class SparseVector:
 
     indices: list[int]
     values: list[float]
+
+    def plus(self, other: SparseVector, weight: float) -> SparseVector:
+        """This vector plus `weight` times the other."""
+        summed = dict(zip(self.indices, self.values, strict=True))
+        for index, value in zip(other.indices, other.values, strict=True):
+            summed[index] = summed.get(index, 0.0) + weight * value
+        return SparseVector(list(summed), list(summed.values()))
 
 
 @dataclass
@@ -167,6 +215,29 @@ class SearchHit(BaseModel):
     speaker: str | None = None
     session_id: str | None = None
     source_ids: list[str]
+    window: int | None = Field(
+        default=None, description="With context > 0: index in `windows` of the exchange around this hit."
+    )
+
+
+class WindowTurn(BaseModel):
+    """One turn of a context window."""
+
+    id: str = Field(description="Record id, for get_memory.")
+    source_ids: list[str] = Field(description="The message id of this turn.")
+    role: Role | None = None
+    speaker: str | None = None
+    text: str
+    event_time: datetime
+    hit: bool = Field(description="Whether this turn is itself one of the hits.")
+
+
+class ContextWindow(BaseModel):
+    """Consecutive turns of one session around one or more hits (overlapping windows merged)."""
+
+    session_id: str | None = None
+    turns: list[WindowTurn] = Field(description="In conversation order.")
+    hits: list[int] = Field(description="Indexes in `hits` of the hits this window surrounds.")
 
 
 class AddResult(BaseModel):
@@ -180,6 +251,9 @@ class SearchResult(BaseModel):
     """Search results, best first."""
 
     hits: list[SearchHit]
+    windows: list[ContextWindow] = Field(
+        default_factory=list, description="With context > 0: the turns around the turn hits, best hit first."
+    )
 
 
 class GetResult(BaseModel):

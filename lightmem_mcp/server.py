@@ -7,24 +7,30 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 from lightmem_mcp import __version__
 from lightmem_mcp.auth import Forbidden, acting_user, check_access
 from lightmem_mcp.buffer import FlushResult
+from lightmem_mcp.compressor import MAX_FORCE_TOKENS
 from lightmem_mcp.config import Settings
 from lightmem_mcp.consolidate import ConsolidateResult, HistoryResult, Progress
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
-from lightmem_mcp.memory import Memory
+from lightmem_mcp.memory import MAX_CONTEXT, Memory
+from lightmem_mcp.recall import DEFAULT_RECALL_TOKENS, MAX_RECALL_TOKENS, MIN_RECALL_TOKENS, RecallResult
 from lightmem_mcp.records import (
+    MAX_ID_CHARS,
     AddResult,
     CompressResult,
     DeleteResult,
@@ -39,6 +45,7 @@ from lightmem_mcp.records import (
 )
 from lightmem_mcp.stats import StatsResult
 from lightmem_mcp.summarize import SummarizeResult, Window
+from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +56,39 @@ INSTRUCTIONS = """\
 Long-term memory across conversations. Call add_memory with the messages of the conversation
 as it goes (both user and assistant turns, with their timestamps when known); call flush_memory
 when a conversation ends. Before answering a question that may depend on earlier conversations,
-call search_memory. Results are stored messages (kind "turn") and facts extracted from them
-(kind "fact"); source_ids name the messages each one comes from."""
+call recall (the relevant memories with the turns around them, packed for your prompt within a
+token budget) or search_memory. Results are stored messages (kind "turn") and facts extracted
+from them (kind "fact"); source_ids name the messages each one comes from."""
 
-UserId = Annotated[str, Field(description="Whose memory. Memories never cross users.")]
-AgentId = Annotated[str | None, Field(description="Optional: narrow to one agent's memories.")]
-SessionId = Annotated[str | None, Field(description="Optional: narrow to one conversation session.")]
+# Size limits of the free-text arguments that have no configured one.
+MAX_TOPIC_CHARS = 500
+MAX_TOKEN_CHARS = 100
+# A cursor lists the ids of records tied at a page's boundary time: room for about 1,900 of them.
+MAX_CURSOR_CHARS = 100_000
+
+UserId = Annotated[
+    str,
+    Field(
+        max_length=MAX_ID_CHARS,
+        description=f"Whose memory, at most {MAX_ID_CHARS} characters. Memories never cross users.",
+    ),
+]
+AgentId = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_ID_CHARS,
+        description=f"Optional: narrow to one agent's memories (an id of at most {MAX_ID_CHARS} characters).",
+    ),
+]
+SessionId = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_ID_CHARS,
+        description=f"Optional: narrow to one conversation session (an id of at most {MAX_ID_CHARS} characters).",
+    ),
+]
+RecordId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+Time = Annotated[str | None, Field(max_length=MAX_TIME_CHARS)]
 
 
 class MemoryProvider:
@@ -138,7 +172,54 @@ def build_server(
         token_verifier=token_verifier,
     )
     _register_tools(server, memory_provider, settings)
+    _make_arguments_strict(server)
     return server
+
+
+class _StrictArguments(FuncMetadata):
+    """A tool's arguments taken exactly as its input schema says.
+
+    The SDK's default coerces (`"true"` and `1` pass as `true`, `"10"` as `10`), drops unknown
+    arguments (a misspelled `tenant` would write under `default`) and parses strings as JSON first
+    (`agent_id: "null"` would widen a scope to the whole user). On scoped and destructive calls each
+    of these acts on something the caller did not ask for, so none of them is done here.
+    """
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        """Validate in strict mode, nested models included; unknown names are refused, naming the known ones."""
+        known = [field.alias or name for name, field in self.arg_model.model_fields.items()]
+        unknown = [name for name in arguments_to_validate if name not in known]
+        if unknown:
+            error = PydanticCustomError(
+                "extra_forbidden", "unknown argument: remove it; this tool takes {known}", {"known": ", ".join(known)}
+            )
+            details = [InitErrorDetails(type=error, loc=(name,), input=arguments_to_validate[name]) for name in unknown]
+            raise ValidationError.from_exception_data(self.arg_model.__name__, details)
+        validated = self.arg_model.model_validate(arguments_to_validate, strict=True, extra="forbid")
+        return validated.model_dump_one_level()
+
+
+class _ClosedObjects(GenerateJsonSchema):
+    """Input schemas that say what `_StrictArguments` enforces: no property beyond those listed."""
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        """The model's object schema, closed to other properties."""
+        json_schema = super().model_schema(schema)
+        json_schema["additionalProperties"] = False
+        return json_schema
+
+
+def _make_arguments_strict(server: MCPServer) -> None:
+    """Make every registered tool validate its arguments strictly, and publish closed input schemas.
+
+    One pass over all tools, so a tool added to `_register_tools` is strict without asking. The SDK
+    has no switch for this (modelcontextprotocol/python-sdk#3067), and `_tool_manager` is its only
+    handle on the registered tools.
+    """
+    for tool in server._tool_manager.list_tools():
+        loose = tool.fn_metadata
+        tool.fn_metadata = _StrictArguments(**{name: getattr(loose, name) for name in FuncMetadata.model_fields})
+        tool.parameters = loose.arg_model.model_json_schema(by_alias=True, schema_generator=_ClosedObjects)
 
 
 def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Settings) -> None:
@@ -171,7 +252,10 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
     async def add_memory(
         messages: Annotated[
             list[Message],
-            Field(description=f"The messages to remember, oldest first (at most {limits.max_messages_per_call})."),
+            Field(
+                description=f"The messages to remember, oldest first: at most {limits.max_messages_per_call}, "
+                f"each content at most {limits.max_message_chars} characters."
+            ),
         ],
         user_id: UserId = "default",
         agent_id: AgentId = None,
@@ -184,7 +268,14 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
 
     @server.tool(annotations=ToolAnnotations(title="Search memory", read_only_hint=True, idempotent_hint=True))
     async def search_memory(
-        query: Annotated[str, Field(description="What to look for, in natural language or keywords.")],
+        query: Annotated[
+            str,
+            Field(
+                max_length=limits.max_message_chars,
+                description="What to look for, in natural language or keywords; at most "
+                f"{limits.max_message_chars} characters.",
+            ),
+        ],
         limit: Annotated[int, Field(description=f"How many results, 1 to {limits.max_results}.")] = 10,
         user_id: UserId = "default",
         agent_id: AgentId = None,
@@ -192,15 +283,75 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         filters: Annotated[
             SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")
         ] = None,
+        context: Annotated[
+            int,
+            Field(
+                description=f"Turns to show before and after each stored-message hit, same session only, 0 to "
+                f"{MAX_CONTEXT} (default 0): `windows` then holds the exchange around each hit, overlapping "
+                "windows merged, and each hit's `window` points to its own."
+            ),
+        ] = 0,
     ) -> SearchResult:
         """Search long-term memory by meaning and keywords. Returns the best matches with their
-        text, time, speaker and the ids of the messages they come from."""
+        text, time, speaker and the ids of the messages they come from; with `context`, also the
+        turns around each hit."""
         scope = scope_of(user_id, agent_id, session_id)
-        return await run(lambda m: m.search(query, scope, limit, filters))
+        return await run(lambda m: m.search(query, scope, limit, filters, context=context))
+
+    @server.tool(annotations=ToolAnnotations(title="Recall for a prompt", read_only_hint=True, idempotent_hint=True))
+    async def recall(
+        query: Annotated[
+            str,
+            Field(
+                max_length=limits.max_message_chars,
+                description="The question about to be answered, or what to remember about; at most "
+                f"{limits.max_message_chars} characters.",
+            ),
+        ],
+        max_tokens: Annotated[
+            int,
+            Field(
+                description=f"Token budget of the returned context (cl100k_base), {MIN_RECALL_TOKENS} to "
+                f"{MAX_RECALL_TOKENS} (default {DEFAULT_RECALL_TOKENS})."
+            ),
+        ] = DEFAULT_RECALL_TOKENS,
+        context: Annotated[
+            int,
+            Field(
+                description=f"Neighbouring turns to include around each stored-message hit when they fit, 0 to "
+                f"{MAX_CONTEXT} (default 1)."
+            ),
+        ] = 1,
+        compress: Annotated[
+            bool,
+            Field(
+                description="Compress the turns with LLMLingua-2 to fit more evidence (only when the model is "
+                "loaded; `compressed` in the result says whether it was)."
+            ),
+        ] = False,
+        user_id: UserId = "default",
+        agent_id: AgentId = None,
+        session_id: SessionId = None,
+        filters: Annotated[
+            SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")
+        ] = None,
+    ) -> RecallResult:
+        """Call before answering a question that may depend on earlier conversations: returns the most
+        relevant memories with the turns around them, packed into at most `max_tokens` tokens, grouped
+        by session in time order, each block citing its message ids and time. Put `context` in your
+        prompt."""
+        scope = scope_of(user_id, agent_id, session_id)
+        return await run(lambda m: m.recall(query, scope, max_tokens, context, filters, compress))
 
     @server.tool(annotations=ToolAnnotations(title="Get memories", read_only_hint=True, idempotent_hint=True))
     async def get_memory(
-        ids: Annotated[list[str], Field(description="Record ids, as search_memory or list_memories return them.")],
+        ids: Annotated[
+            list[RecordId],
+            Field(
+                description=f"Record ids, as search_memory or list_memories return them; at most "
+                f"{limits.max_ids_per_call}."
+            ),
+        ],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -216,7 +367,13 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         session_id: SessionId = None,
         kinds: Annotated[list[Kind] | None, Field(description="Only these kinds: turn, fact, summary.")] = None,
         limit: Annotated[int, Field(description=f"Page size, 1 to {limits.max_results}.")] = 20,
-        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+        cursor: Annotated[
+            str | None,
+            Field(
+                max_length=MAX_CURSOR_CHARS,
+                description=f"next_cursor from the previous page, unchanged (at most {MAX_CURSOR_CHARS} characters).",
+            ),
+        ] = None,
         include_superseded: Annotated[
             bool, Field(description="Also facts that newer facts updated or contradicted.")
         ] = False,
@@ -231,7 +388,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         )
     )
     async def delete_memory(
-        ids: Annotated[list[str], Field(description="Record ids to delete.")],
+        ids: Annotated[list[RecordId], Field(description=f"Record ids to delete; at most {limits.max_ids_per_call}.")],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -246,7 +403,9 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         )
     )
     async def forget(
-        confirm: Annotated[bool, Field(description="Must be true: this deletes every memory in the scope.")],
+        confirm: Annotated[
+            bool, Field(description="Must be the JSON boolean true: this deletes every memory in the scope.")
+        ],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -280,8 +439,12 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
-        since: Annotated[str | None, Field(description="Only facts from this time on (ISO 8601).")] = None,
-        until: Annotated[str | None, Field(description="Only facts up to this time (ISO 8601).")] = None,
+        since: Annotated[
+            Time, Field(description=f"Only facts from this time on (ISO 8601, at most {MAX_TIME_CHARS} characters).")
+        ] = None,
+        until: Annotated[
+            Time, Field(description=f"Only facts up to this time (ISO 8601, at most {MAX_TIME_CHARS} characters).")
+        ] = None,
         dry_run: Annotated[bool, Field(description="Report what would change and change nothing.")] = False,
         all_users: Annotated[
             bool, Field(description="Every user's memory instead of one scope (needs the admin scope when hosted).")
@@ -307,9 +470,21 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         agent_id: AgentId = None,
         session_id: SessionId = None,
         window: Annotated[Window, Field(description="One summary for all, or one per session, day or week.")] = "all",
-        since: Annotated[str | None, Field(description="Only memories from this time on (ISO 8601).")] = None,
-        until: Annotated[str | None, Field(description="Only memories up to this time (ISO 8601).")] = None,
-        topic: Annotated[str | None, Field(description="Only memories about this, e.g. 'travel plans'.")] = None,
+        since: Annotated[
+            Time,
+            Field(description=f"Only memories from this time on (ISO 8601, at most {MAX_TIME_CHARS} characters)."),
+        ] = None,
+        until: Annotated[
+            Time,
+            Field(description=f"Only memories up to this time (ISO 8601, at most {MAX_TIME_CHARS} characters)."),
+        ] = None,
+        topic: Annotated[
+            str | None,
+            Field(
+                max_length=MAX_TOPIC_CHARS,
+                description=f"Only memories about this, e.g. 'travel plans'; at most {MAX_TOPIC_CHARS} characters.",
+            ),
+        ] = None,
     ) -> SummarizeResult:
         """Summarize a scope's memories (facts, or messages where no facts exist yet) per window and
         store each summary as a searchable 'summary' memory citing its sources. Summarizing the same
@@ -321,7 +496,12 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
 
     @server.tool(annotations=ToolAnnotations(title="Memory history", read_only_hint=True, idempotent_hint=True))
     async def memory_history(
-        id: Annotated[str, Field(description="A record id, e.g. from search_memory or list_memories.")],
+        id: Annotated[
+            RecordId,
+            Field(
+                description=f"A record id, e.g. from search_memory or list_memories; at most {MAX_ID_CHARS} characters."
+            ),
+        ],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -333,13 +513,24 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
 
     @server.tool(annotations=ToolAnnotations(title="Compress text", read_only_hint=True, idempotent_hint=True))
     async def compress(
-        text: Annotated[str, Field(description="The text to shorten for your own prompt.")],
+        text: Annotated[
+            str,
+            Field(
+                max_length=limits.max_message_chars,
+                description=f"The text to shorten for your own prompt, at most {limits.max_message_chars} characters.",
+            ),
+        ],
         rate: Annotated[
             float | None, Field(description="Share of tokens to keep, e.g. 0.5. Default: configured.")
         ] = None,
         target_tokens: Annotated[int | None, Field(description="Aim for this many tokens instead of a rate.")] = None,
         force_tokens: Annotated[
-            list[str] | None, Field(description="Tokens that must survive, e.g. ['?', '\\n'].")
+            list[Annotated[str, Field(max_length=MAX_TOKEN_CHARS)]] | None,
+            Field(
+                max_length=MAX_FORCE_TOKENS,
+                description=f"Tokens that must survive, e.g. ['?', '\\n']: at most {MAX_FORCE_TOKENS}, each at most "
+                f"{MAX_TOKEN_CHARS} characters.",
+            ),
         ] = None,
     ) -> CompressResult:
         """Compress text with LLMLingua-2, keeping the words that carry the meaning. Token counts are

@@ -71,6 +71,14 @@ class TurnStats(BaseModel):
     by_compression: list[CompressionCounts]
 
 
+class RedactionStats(BaseModel):
+    """Secrets taken out of stored messages before anything was kept (LIGHTMEM_REDACTION_ENABLED)."""
+
+    turns: int = Field(description="Stored messages that held at least one secret.")
+    secrets: int = Field(description="Secrets replaced by [REDACTED:<kind>].")
+    by_kind: dict[str, int] = Field(description="Secrets by kind, e.g. sk_api_key, aws_access_key_id, password.")
+
+
 class LLMUsage(BaseModel):
     """LLM calls of one purpose (or all), with the tokens the API reported."""
 
@@ -126,6 +134,7 @@ class StatsResult(BaseModel):
     session_id: str | None
     records: list[RecordCounts]
     turns: TurnStats
+    redactions: RedactionStats
     llm: list[LLMUsage] = Field(description="By purpose.")
     llm_total: LLMUsage
     cost: CostReport
@@ -201,6 +210,8 @@ class _Tally:
         self.extracted_extra_tokens = 0
         self.adds: dict[tuple[object, ...], list[_AddedTurn]] = defaultdict(list)
         self.extracted_adds: set[tuple[object, ...]] = set()
+        self.redacted_turns = 0
+        self.redacted: Counter[str] = Counter()
         self.usage: dict[str, _Usage] = {purpose: _Usage() for purpose in PURPOSES}
         self.extraction_models: Counter[tuple[str, str]] = Counter()
         self.applied: dict[str, AppliedPrice] = {}
@@ -232,6 +243,10 @@ class _Tally:
         if stage == "extracted":
             self.extracted_extra_tokens += before - after
             self.extracted_adds.add(add)
+        redactions = p.get("redactions")
+        if isinstance(redactions, dict) and redactions:
+            self.redacted_turns += 1
+            self.redacted.update({str(kind): _int(redactions, kind) for kind in redactions})
 
     def _call(self, p: Mapping[str, object]) -> None:
         purpose = str(p.get("purpose") or "unknown")
@@ -313,6 +328,11 @@ class _Tally:
                     CompressionCounts(compression=how, turns=row[0], tokens_original=row[1], tokens_compressed=row[2])
                     for how, row in sorted(self.compression.items())
                 ],
+            ),
+            redactions=RedactionStats(
+                turns=self.redacted_turns,
+                secrets=sum(self.redacted.values()),
+                by_kind=dict(sorted(self.redacted.items())),
             ),
             llm=[self.usage[purpose].report(purpose) for purpose in _ordered(self.usage)],
             llm_total=total.report("all"),

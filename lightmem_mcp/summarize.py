@@ -24,11 +24,12 @@ from pydantic import BaseModel, Field
 
 from lightmem_mcp.config import SummarySettings
 from lightmem_mcp.embedder import Embedder
+from lightmem_mcp.indexing import Indexer
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
-from lightmem_mcp.records import FoundPoint, RecordFilter, Scope, SparseVector, StoredPoint, record_id, record_payload
-from lightmem_mcp.store import Ranking, VectorStore
+from lightmem_mcp.records import FoundPoint, RecordFilter, Scope, StoredPoint, record_id, record_payload
+from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 from lightmem_mcp.tokens import TokenCounter
 
@@ -43,8 +44,6 @@ Progress = Callable[[float, float, str], None]
 _MAX_READ = 10_000
 # A topic summary reads the memories at least this similar to the topic (cosine).
 _TOPIC_FLOOR = 0.3
-_DENSE_ONLY = Ranking(mode="dense")
-_NO_TERMS = SparseVector([], [])
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 SYSTEM_PROMPT = """\
@@ -116,7 +115,7 @@ class Summarizer:
         self._settings = settings
         self._store = store
         self._embedder = embedder
-        self._lexical = lexical
+        self._indexer = Indexer(embedder, lexical)
         self._llm = llm
         self._ledger = ledger
         self._counter = counter
@@ -205,7 +204,7 @@ class Summarizer:
             )
             if topic:
                 query = self._embedder.embed_query(topic)
-                found = self._store.query(query, _NO_TERMS, where, self._settings.max_entries, _DENSE_ONLY)
+                found = self._store.nearest(query, where, self._settings.max_entries)
                 found = [p for p in found if p.score >= _TOPIC_FLOOR]
             else:
                 found = self._store.scroll(where, _MAX_READ, with_vectors=True)
@@ -223,7 +222,7 @@ class Summarizer:
         where = RecordFilter(
             scope.user_id, scope.agent_id, kinds=("fact",), statuses=("active",), until_ts=group[0].ts - 1e-6
         )
-        found = self._store.query(centroid, _NO_TERMS, where, self._settings.seeds, _DENSE_ONLY)
+        found = self._store.nearest(centroid, where, self._settings.seeds)
         return sorted((_Entry(p) for p in found), key=lambda e: e.ts)
 
     # -- writing -------------------------------------------------------------------------
@@ -285,8 +284,7 @@ class Summarizer:
             history=history,
             stage="summarized",
         )
-        [vector] = self._embedder.embed_documents([text])
-        self._store.upsert([StoredPoint(summary_id, vector, self._lexical.encode_document(text), payload)])
+        self._store.upsert(self._indexer.points([(summary_id, payload)]))
         info = SummaryInfo(
             id=summary_id,
             text=text,

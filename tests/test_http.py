@@ -254,6 +254,65 @@ async def test_foreign_hosts_and_oversized_bodies_are_refused(
     assert oversized.status_code == 413
 
 
+async def test_get_on_the_stateless_endpoint_is_refused_at_once(
+    http_server: HostedServer, tokens: dict[str, Any]
+) -> None:
+    headers = {"Authorization": f"Bearer {tokens['alice']}", "Accept": "text/event-stream"}
+    got = httpx2.get(http_server.mcp_url, headers=headers, timeout=5)  # an endless event stream before
+
+    assert got.status_code == 405
+    assert got.headers["allow"] == "POST"
+
+
+async def test_malformed_requests_get_a_400_that_never_echoes_a_large_id(
+    http_server: HostedServer, tokens: dict[str, Any]
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {tokens['alice']}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    ping = '{"jsonrpc":"2.0","id":%s,"method":"ping","params":{"x":%s}}'
+    bodies = {
+        "lone surrogate": ping % ("1", '"\\ud800"'),
+        "500 levels deep": ping % ("2", "[" * 500 + "]" * 500),
+        "10 kB id": ping % (json.dumps("i" * 10_000), "1"),
+    }
+    answers = {name: httpx2.post(http_server.mcp_url, content=body, headers=headers) for name, body in bodies.items()}
+
+    assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(bodies, 400)
+    assert [answer.json()["error"]["code"] for answer in answers.values()] == [-32700, -32700, -32600]
+    assert all(answer.json()["id"] is None and len(answer.content) < 1000 for answer in answers.values())
+
+
+async def test_over_sse_a_foreign_host_or_origin_is_refused_cleanly_and_a_large_id_is_not_echoed(
+    tmp_path: Path, tokens: dict[str, Any]
+) -> None:
+    env = {"LIGHTMEM_AUTH_TOKENS_FILE": tokens["file"], "LIGHTMEM_COMPRESSION_ENABLED": "false"}
+    server = HostedServer(tmp_path / "data", "sse", env).start()
+    auth = {"Authorization": f"Bearer {tokens['alice']}"}
+    big_id = {"jsonrpc": "2.0", "id": "i" * 10_000, "method": "ping"}
+    try:
+        rebound = httpx2.get(server.mcp_url, headers={**auth, "Host": "attacker.example"}, timeout=5)
+        cross_site = httpx2.get(server.mcp_url, headers={**auth, "Origin": "http://attacker.example"}, timeout=5)
+        with httpx2.stream("GET", server.mcp_url, headers=auth, timeout=10) as events:
+            lines = events.iter_lines()  # kept: dropping the iterator would close the stream, and the session
+            endpoint = next(line for line in lines if line.startswith("data: "))[len("data: ") :]
+            posted = httpx2.post(f"{server.base_url}{endpoint}", json=big_id, headers=auth)
+            pinged = httpx2.post(f"{server.base_url}{endpoint}", json={**big_id, "id": 1}, headers=auth)
+    finally:
+        exit_code = server.terminate()
+
+    assert (rebound.status_code, rebound.text) == (421, "Invalid Host header")
+    assert (cross_site.status_code, cross_site.text) == (403, "Invalid Origin header")
+    assert posted.status_code == 400
+    assert posted.json()["id"] is None
+    assert pinged.status_code == 202  # the session serves on; the answer comes on its stream
+    assert exit_code == 0
+    assert "Traceback" not in server.log()
+    assert "Exception in ASGI application" not in server.log()
+
+
 def scrape(server: HostedServer) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
     text = httpx2.get(f"{server.base_url}/metrics").text
     samples = {

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from lightmem_mcp.config import SearchMode, StoreSettings
+from lightmem_mcp.config import StoreSettings
 from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
 from lightmem_mcp.store.schema import DENSE, TENANT_FIELD, StoreLayout
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """How a query ranks: which vectors, and how their rankings are fused."""
-
-    mode: SearchMode = "hybrid"
-    rrf_k: int = 60
-    dense_weight: float = 1.0
-    sparse_weight: float = 1.0
-    candidates: int = 100
-
-
-def effective_mode(ranking: Ranking, sparse: SparseVector) -> SearchMode | None:
-    """The mode a query can run in: a query without lexical terms (only stop words) is dense-only."""
-    if sparse.indices or ranking.mode == "dense":
-        return ranking.mode
-    return "dense" if ranking.mode == "hybrid" else None
 
 
 def dense_vector(vector: object) -> list[float] | None:
@@ -42,16 +23,28 @@ def scopes_of(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None,
     return sorted(found, key=str)
 
 
+# Rewrites a page of points into the current layout (fresh vectors, updated payload) during a re-index.
+Rewrite = Callable[[Sequence[FoundPoint]], list[StoredPoint]]
+
+
 class VectorStore(Protocol):
     """The operations the memory service needs; every read and delete is bounded by a `RecordFilter`."""
+
+    # Written by an older lightmem-mcp: `reindex` must run before the store is used.
+    stale: bool
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         """Write points atomically (all or none) and durably."""
 
-    def query(
-        self, dense: list[float], sparse: SparseVector, where: RecordFilter, limit: int, ranking: Ranking
+    def nearest(
+        self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
     ) -> list[FoundPoint]:
-        """Best matches first."""
+        """Best matches first: a dense vector by cosine, a sparse one by dot product with the lexical
+        vectors (BM25 when the query carries the IDF weights of `LexicalEncoder.weigh`)."""
+
+    def term_stats(self, user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
+        """How many of the user's memories are lexically indexed, and how many of them hold each
+        term: BM25 statistics from the user's own records, never another tenant's."""
 
     def scroll(
         self,
@@ -65,6 +58,9 @@ class VectorStore(Protocol):
 
     def set_payload(self, where: RecordFilter, values: dict[str, object]) -> None:
         """Set payload fields on every match, keeping the others."""
+
+    def values(self, field: str, where: RecordFilter, limit: int) -> list[str]:
+        """Distinct values of an indexed keyword field among the matches, most frequent first."""
 
     def pending_scopes(
         self, limit: int, kind: str = "turn", stage: str = "pending"
@@ -83,6 +79,10 @@ class VectorStore(Protocol):
     ) -> Iterator[FoundPoint]:
         """Every match in id order, vector-less points included, read a page at a time. `None` matches
         every point of every user: for export and accounting only, never for a tool's read."""
+
+    def reindex(self, rewrite: Rewrite, progress: Callable[[int], None], batch: int = 64) -> None:
+        """Rewrite every point into the current layout, a page at a time, resumable: a run that is
+        killed midway continues where it stopped, and the store serves the old layout until done."""
 
     def close(self) -> None:
         """Flush and release the store."""

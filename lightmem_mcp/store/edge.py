@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
-from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Ranking, dense_vector, effective_mode, scopes_of
+from lightmem_mcp.privacy import private_directory
+from lightmem_mcp.records import KINDS, FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.store import Rewrite, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
+    INTEGER_FIELDS,
     KEYWORD_FIELDS,
     SPARSE,
     TENANT_FIELD,
@@ -26,6 +30,11 @@ from lightmem_mcp.store.schema import (
 
 _LAYOUT_FILE = "lightmem-layout.json"
 _SHARD_DIR = "shard"
+# A re-index writes a new shard beside the old one, `shard-v<schema>`, and names it in the layout
+# file when complete; this file says how far it got, so a killed run resumes.
+_REINDEX_PROGRESS = "reindex-progress.json"
+
+log = logging.getLogger(__name__)
 
 
 class EdgeStore:
@@ -35,10 +44,16 @@ class EdgeStore:
         self._path = path
         # Edge handles concurrent reads; writes are serialised so one upsert is one WAL entry.
         self._write_lock = threading.Lock()
-        path.mkdir(parents=True, exist_ok=True)
+        private_directory(path)  # memories in clear: 0700 / 0600, whatever the umask
         layout_file = path / _LAYOUT_FILE
+        self._layout = layout
+        self._layout_file = layout_file
+        self.stale = False
+        shard_name = _SHARD_DIR
         if layout_file.exists():
-            check_layout(json.loads(layout_file.read_text(encoding="utf-8")), layout, f"the store at {path}")
+            found = json.loads(layout_file.read_text(encoding="utf-8"))
+            self.stale = check_layout(found, layout, f"the store at {path}")
+            shard_name = str(found.get("shard", _SHARD_DIR))
         elif (path / _SHARD_DIR).exists():
             raise SchemaMismatch(
                 f"{path / _SHARD_DIR} exists but {layout_file} does not: this directory was not "
@@ -46,13 +61,18 @@ class EdgeStore:
             )
         else:
             _write_atomically(layout_file, json.dumps(layout.to_dict(), indent=2))
-        self._shard = self._open(path / _SHARD_DIR, layout.dimension)
+        self._shard_name = shard_name
+        # Schema 1 weighted terms by collection-wide IDF; a stale store is read that way until re-indexed.
+        self._shard = self._open(path / shard_name, layout.dimension, collection_idf=self.stale)
+        if not self.stale:
+            self._drop_leftovers()
         self._closed = False
 
-    def _open(self, shard_dir: Path, dimension: int) -> qe.EdgeShard:
+    def _open(self, shard_dir: Path, dimension: int, collection_idf: bool = False) -> qe.EdgeShard:
+        sparse = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) if collection_idf else qe.EdgeSparseVectorParams()
         config = qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            sparse_vectors={SPARSE: sparse},
         )
         try:
             if shard_dir.exists():
@@ -71,8 +91,19 @@ class EdgeStore:
             shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
         for name in FLOAT_FIELDS:
             shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+        for name in INTEGER_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Integer))
         shard.flush()
         return shard
+
+    def _drop_leftovers(self) -> None:
+        """Shards of an older layout that a finished re-index had no time to delete."""
+        for entry in self._path.iterdir():
+            old = entry.name == _SHARD_DIR or entry.name.startswith(f"{_SHARD_DIR}-v")
+            if entry.is_dir() and old and entry.name != self._shard_name:
+                log.info("removing %s, replaced by %s after a re-index", entry, self._shard_name)
+                shutil.rmtree(entry)
+        (self._path / _REINDEX_PROGRESS).unlink(missing_ok=True)
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         """Write all points in one operation (one WAL entry)."""
@@ -82,34 +113,25 @@ class EdgeStore:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(edge_points))
 
-    def query(
-        self, dense: list[float], sparse: SparseVector, where: RecordFilter, limit: int, ranking: Ranking
+    def nearest(
+        self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
     ) -> list[FoundPoint]:
-        """Dense, lexical or fused ranking within the filter."""
-        flt = _filter(where)
-        dense_query = qe.Query.Nearest(dense, using=DENSE)
-        sparse_query = qe.Query.Nearest(qe.SparseVector(sparse.indices, sparse.values), using=SPARSE)
-        mode = effective_mode(ranking, sparse)
-        if mode is None:
-            return []
-        if mode == "dense":
-            request = qe.QueryRequest(limit=limit, query=dense_query, filter=flt, with_payload=True)
-        elif mode == "sparse":
-            request = qe.QueryRequest(limit=limit, query=sparse_query, filter=flt, with_payload=True)
+        """Dense (cosine) or lexical (dot product) ranking within the filter."""
+        if isinstance(vector, SparseVector):
+            if not vector.indices:
+                return []
+            query = qe.Query.Nearest(qe.SparseVector(vector.indices, vector.values), using=SPARSE)
         else:
-            depth = max(ranking.candidates, limit)
-            request = qe.QueryRequest(
-                limit=limit,
-                prefetches=[
-                    qe.Prefetch(limit=depth, query=dense_query, filter=flt),
-                    qe.Prefetch(limit=depth, query=sparse_query, filter=flt),
-                ],
-                # The stub types Fusion.Rrf as a nested class, not a Fusion; the engine accepts it.
-                query=qe.Fusion.Rrf(k=ranking.rrf_k, weights=[ranking.dense_weight, ranking.sparse_weight]),  # type: ignore[arg-type]
-                filter=flt,
-                with_payload=True,
-            )
+            query = qe.Query.Nearest(vector, using=DENSE)
+        request = qe.QueryRequest(limit=limit, query=query, filter=_filter(where), with_payload=with_payload)
         return [FoundPoint(str(p.id), p.payload or {}, p.score) for p in self._shard.query(request)]
+
+    def term_stats(self, user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
+        """Exact counts over the user's records, from the keyword and integer indexes."""
+        total = self.count(RecordFilter(user_id, kinds=KINDS))
+        if not total:
+            return 0, [0] * len(terms)
+        return total, [self.count(RecordFilter(user_id, kinds=KINDS, term=term)) for term in terms]
 
     def scroll(
         self,
@@ -132,6 +154,11 @@ class EdgeStore:
         """Set fields on every match, in one operation."""
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.set_payload_by_filter(_filter(where), dict(values)))
+
+    def values(self, field: str, where: RecordFilter, limit: int) -> list[str]:
+        """From the keyword index, exact counts."""
+        response = self._shard.facet(qe.FacetRequest(field, limit=limit, exact=True, filter=_filter(where)))
+        return [str(hit.value) for hit in response.hits]
 
     def pending_scopes(
         self, limit: int, kind: str = "turn", stage: str = "pending"
@@ -178,6 +205,50 @@ class EdgeStore:
             if offset is None or not records:
                 return
 
+    def reindex(self, rewrite: Rewrite, progress: Callable[[int], None], batch: int = 64) -> None:
+        """Copy every point, rewritten, into a new shard; the layout file names it once all are in."""
+        if not self.stale:
+            return
+        name = f"{_SHARD_DIR}-v{self._layout.schema_version}"
+        target_dir = self._path / name
+        progress_file = self._path / _REINDEX_PROGRESS
+        state: dict[str, Any] = {"next": None, "points": 0}
+        if target_dir.exists() and progress_file.exists():
+            state = json.loads(progress_file.read_text(encoding="utf-8"))
+            log.info("resuming the re-index of %s after %d points", self._path, state["points"])
+        elif target_dir.exists():
+            shutil.rmtree(target_dir)  # begun, but not one page recorded: start over
+        target = self._open(target_dir, self._layout.dimension)
+        offset: Any = state["next"]
+        done = int(state["points"])
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=[DENSE])
+            )
+            found = [FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector)) for r in records]
+            rewritten = rewrite(found)
+            if rewritten:
+                target.update(
+                    qe.UpdateOperation.upsert_points([qe.Point(p.id, _vectors(p), dict(p.payload)) for p in rewritten])
+                )
+            target.flush()  # the page is on disk before the progress file says so
+            done += len(records)
+            next_id = offset if offset is None or isinstance(offset, int) else str(offset)
+            _write_atomically(progress_file, json.dumps({"next": next_id, "points": done}))
+            progress(done)
+            if offset is None or not records:
+                break
+        target.close()
+        with self._write_lock:
+            # The commit point: from here on the store is the new shard.
+            _write_atomically(self._layout_file, json.dumps({**self._layout.to_dict(), "shard": name}, indent=2))
+            self._shard.flush()
+            self._shard.close()
+            self._shard_name = name
+            self._shard = self._open(target_dir, self._layout.dimension)
+            self.stale = False
+            self._drop_leftovers()
+
     def optimize(self) -> None:
         """Merge segments and build the HNSW index (blocking)."""
         with self._write_lock:
@@ -208,6 +279,8 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
     must += [qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in where.any_of()]
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qe.FieldCondition("event_ts", range=qe.RangeFloat(gte=where.since_ts, lte=where.until_ts)))
+    if where.term is not None:
+        must.append(qe.FieldCondition("terms", match=qe.MatchValue(where.term)))
     if where.ids:
         must.append(qe.HasIdCondition(set(where.ids)))
     must_not: list[Any] = [qe.HasIdCondition(set(skip_ids))] if skip_ids else []
@@ -215,7 +288,7 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()

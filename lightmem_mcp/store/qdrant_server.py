@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -13,11 +13,12 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
-from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Ranking, dense_vector, effective_mode, scopes_of
+from lightmem_mcp.records import KINDS, FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.store import Rewrite, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
+    INTEGER_FIELDS,
     KEYWORD_FIELDS,
     SPARSE,
     TENANT_FIELD,
@@ -53,14 +54,17 @@ class QdrantServerStore:
         found = dict(info.config.metadata or {})
         found.setdefault("dimension", dense.size)
         found.setdefault("embedder", layout.embedder)
-        check_layout(found, layout, where)
+        self._layout = layout
+        self._metadata = found
+        self.stale = check_layout(found, layout, where)
 
     def _create(self, layout: StoreLayout) -> None:
         try:
             self._client.create_collection(
                 self._collection,
                 vectors_config={DENSE: qm.VectorParams(size=layout.dimension, distance=qm.Distance.COSINE)},
-                sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+                # No IDF modifier: collection-wide statistics would mix tenants (see lexical.py).
+                sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.NONE)},
                 metadata=layout.to_dict(),
             )
         except (UnexpectedResponse, ValueError) as exc:
@@ -68,6 +72,9 @@ class QdrantServerStore:
             if not self._client.collection_exists(self._collection):
                 raise
             log.info("collection %s was created concurrently: %s", self._collection, exc)
+        self._create_indexes()
+
+    def _create_indexes(self) -> None:
         with warnings.catch_warnings():
             # Local mode (tests) warns that payload indexes are no-ops there.
             warnings.simplefilter("ignore", UserWarning)
@@ -80,6 +87,8 @@ class QdrantServerStore:
                 self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.KEYWORD)
             for name in FLOAT_FIELDS:
                 self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.FLOAT)
+            for name in INTEGER_FIELDS:
+                self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.INTEGER)
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         """One upsert request, acknowledged after the server's WAL write."""
@@ -91,32 +100,26 @@ class QdrantServerStore:
             wait=True,
         )
 
-    def query(
-        self, dense: list[float], sparse: SparseVector, where: RecordFilter, limit: int, ranking: Ranking
+    def nearest(
+        self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
     ) -> list[FoundPoint]:
-        """Dense, lexical or fused ranking within the filter."""
-        flt = _filter(where)
-        sparse_vector = qm.SparseVector(indices=sparse.indices, values=sparse.values)
-        mode = effective_mode(ranking, sparse)
-        if mode is None:
-            return []
-        common: dict[str, Any] = {"limit": limit, "query_filter": flt, "with_payload": True}
-        if mode == "dense":
-            response = self._client.query_points(self._collection, query=dense, using=DENSE, **common)
-        elif mode == "sparse":
-            response = self._client.query_points(self._collection, query=sparse_vector, using=SPARSE, **common)
+        """Dense (cosine) or lexical (dot product) ranking within the filter."""
+        common: dict[str, Any] = {"limit": limit, "query_filter": _filter(where), "with_payload": with_payload}
+        if isinstance(vector, SparseVector):
+            if not vector.indices:
+                return []
+            query = qm.SparseVector(indices=vector.indices, values=vector.values)
+            response = self._client.query_points(self._collection, query=query, using=SPARSE, **common)
         else:
-            depth = max(ranking.candidates, limit)
-            response = self._client.query_points(
-                self._collection,
-                prefetch=[
-                    qm.Prefetch(query=dense, using=DENSE, limit=depth, filter=flt),
-                    qm.Prefetch(query=sparse_vector, using=SPARSE, limit=depth, filter=flt),
-                ],
-                query=qm.RrfQuery(rrf=qm.Rrf(k=ranking.rrf_k, weights=[ranking.dense_weight, ranking.sparse_weight])),
-                **common,
-            )
+            response = self._client.query_points(self._collection, query=vector, using=DENSE, **common)
         return [FoundPoint(str(p.id), p.payload or {}, p.score) for p in response.points]
+
+    def term_stats(self, user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
+        """Exact counts over the user's records (one count request per term, on the tenant's index)."""
+        total = self.count(RecordFilter(user_id, kinds=KINDS))
+        if not total:
+            return 0, [0] * len(terms)
+        return total, [self.count(RecordFilter(user_id, kinds=KINDS, term=term)) for term in terms]
 
     def scroll(
         self,
@@ -142,6 +145,11 @@ class QdrantServerStore:
         self._client.set_payload(
             self._collection, payload=dict(values), points=qm.FilterSelector(filter=_filter(where)), wait=True
         )
+
+    def values(self, field: str, where: RecordFilter, limit: int) -> list[str]:
+        """The server's facet counts over the keyword index."""
+        response = self._client.facet(self._collection, key=field, facet_filter=_filter(where), limit=limit, exact=True)
+        return [str(hit.value) for hit in response.hits]
 
     def pending_scopes(
         self, limit: int, kind: str = "turn", stage: str = "pending"
@@ -186,6 +194,36 @@ class QdrantServerStore:
             if offset is None or not records:
                 return
 
+    def reindex(self, rewrite: Rewrite, progress: Callable[[int], None], batch: int = 64) -> None:
+        """Rewrite every point in place, page by page; the collection's metadata records how far it
+        got (a killed run resumes there) and, at the end, the new schema version."""
+        if not self.stale:
+            return
+        self._client.update_collection(
+            self._collection, sparse_vectors_config={SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.NONE)}
+        )
+        self._create_indexes()
+        offset: Any = self._metadata.get("reindex_next")
+        done = int(self._metadata.get("reindex_points") or 0)
+        if offset is not None:
+            log.info("resuming the re-index of collection %s after %d points", self._collection, done)
+        while True:
+            records, offset = self._client.scroll(
+                self._collection, limit=batch, offset=offset, with_payload=True, with_vectors=[DENSE]
+            )
+            found = [FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector)) for r in records]
+            self.upsert(rewrite(found))
+            done += len(records)
+            if offset is None or not records:
+                break
+            self._client.update_collection(self._collection, metadata={"reindex_next": offset, "reindex_points": done})
+            progress(done)
+        self._client.update_collection(
+            self._collection, metadata={**self._layout.to_dict(), "reindex_next": None, "reindex_points": None}
+        )
+        progress(done)
+        self.stale = False
+
     def close(self) -> None:
         """Close the connection."""
         self._client.close()
@@ -206,6 +244,8 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
     must += [qm.FieldCondition(key=key, match=qm.MatchAny(any=values)) for key, values in where.any_of()]
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qm.FieldCondition(key="event_ts", range=qm.Range(gte=where.since_ts, lte=where.until_ts)))
+    if where.term is not None:
+        must.append(qm.FieldCondition(key="terms", match=qm.MatchValue(value=where.term)))
     if where.ids:
         must.append(qm.HasIdCondition(has_id=list(where.ids)))
     must_not: list[Any] = [qm.HasIdCondition(has_id=list(skip_ids))] if skip_ids else []

@@ -8,7 +8,9 @@ from typing import Any
 
 from lightmem_mcp.errors import SchemaMismatch
 
-SCHEMA_VERSION = 1
+# 2: contextual indexing (who said it, the turns before it) and lexical IDF from the caller's own
+# records (no collection-wide modifier, a `terms` index to count them). Older stores are re-indexed.
+SCHEMA_VERSION = 2
 DENSE = "dense"
 SPARSE = "lexical"
 
@@ -26,6 +28,8 @@ KEYWORD_FIELDS = (
     "superseded_by",
 )
 FLOAT_FIELDS = ("event_ts", "created_ts")
+# The lexical term ids of each record: counted per user for the query's IDF.
+INTEGER_FIELDS = ("terms",)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,9 @@ class StoreLayout:
         return asdict(self)
 
 
-def check_layout(found: dict[str, Any], wanted: StoreLayout, where: str) -> None:
-    """Raise `SchemaMismatch` when the stored layout cannot serve the configured one."""
+def check_layout(found: dict[str, Any], wanted: StoreLayout, where: str) -> bool:
+    """Raise `SchemaMismatch` when the stored layout cannot serve the configured one; True when it
+    can once re-indexed (written by an older lightmem-mcp with the same embedding size)."""
     version = int(found.get("schema_version", 0))
     if version > wanted.schema_version:
         raise SchemaMismatch(
@@ -60,6 +65,8 @@ def check_layout(found: dict[str, Any], wanted: StoreLayout, where: str) -> None
             "the same embedding model (LIGHTMEM_EMBEDDING_MODEL / LIGHTMEM_EMBEDDING_PATH), or point "
             "LIGHTMEM_QDRANT_PATH / LIGHTMEM_COLLECTION at a new store"
         )
+    if version < wanted.schema_version:
+        return True
     if found.get("lexical", wanted.lexical) != wanted.lexical:
         raise SchemaMismatch(
             f"{where} was indexed with lexical encoder {found.get('lexical')!r}, this lightmem-mcp "
@@ -74,3 +81,4 @@ def check_layout(found: dict[str, Any], wanted: StoreLayout, where: str) -> None
             found.get("embedder"),
             wanted.embedder,
         )
+    return False

@@ -16,9 +16,10 @@ from qdrant_client import QdrantClient
 
 from lightmem_mcp.config import SearchMode
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
+from lightmem_mcp.fusion import Fusion, fuse
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.records import FoundPoint, RecordFilter, StoredPoint
-from lightmem_mcp.store import Ranking, VectorStore
+from lightmem_mcp.store import VectorStore
 from lightmem_mcp.store.edge import EdgeStore
 from lightmem_mcp.store.qdrant_server import QdrantServerStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION
@@ -66,7 +67,9 @@ def memory(
         "updated_ts": 1_700_000_000.0,
     } | fields
     payload["event_time"] = datetime.fromtimestamp(payload["event_ts"], UTC).isoformat()
-    return StoredPoint(record_id(name, user_id), dense or unit(text), LEXICAL.encode_document(text), payload)
+    sparse = LEXICAL.encode_document(text)
+    payload["terms"] = sorted(set(sparse.indices))
+    return StoredPoint(record_id(name, user_id), dense or unit(text), sparse, payload)
 
 
 def names(points: list[FoundPoint]) -> list[str]:
@@ -86,7 +89,17 @@ def search(
     dense: list[float] | None = None,
     limit: int = 10,
 ) -> list[FoundPoint]:
-    return store.query(dense or unit(text), LEXICAL.encode_query(text), where, limit, Ranking(mode=mode))
+    """Dense, lexical (IDF from the user's own records) or both fused, as the service searches."""
+    found_dense = store.nearest(dense or unit(text), where, limit) if mode != "sparse" else []
+    found_sparse: list[FoundPoint] = []
+    if mode != "dense":
+        terms = LEXICAL.query_terms(text)
+        total, frequencies = store.term_stats(where.user_id, terms)
+        found_sparse = store.nearest(LEXICAL.weigh(terms, total, frequencies), where, limit)
+    if mode != "hybrid":
+        return found_dense or found_sparse
+    by_id = {p.id: p for p in [*found_sparse, *found_dense]}
+    return [replace(by_id[i], score=score) for i, score in fuse(found_dense, found_sparse, Fusion())[:limit]]
 
 
 def conversation() -> list[StoredPoint]:
@@ -138,7 +151,7 @@ def test_a_query_of_only_stop_words_falls_back_to_dense_in_hybrid_and_finds_noth
     store: VectorStore,
 ) -> None:
     store.upsert(conversation())
-    assert LEXICAL.encode_query("what is it?").indices == []
+    assert LEXICAL.query_terms("what is it?") == []
 
     hybrid = search(store, "what is it?", mode="hybrid", dense=unit(SOFA))
 

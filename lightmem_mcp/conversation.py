@@ -1,0 +1,90 @@
+"""Turns in conversation order: which turn came before which, where a session ends, and the turns
+around a given one. Used to index a turn with the turns before it and to show a hit's neighbours."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import cast
+
+from lightmem_mcp.records import FoundPoint, RecordFilter, Scope
+from lightmem_mcp.store import VectorStore
+
+# Most turns read around one point in time; ties in event time (a session stored with one date)
+# are ordered by when and in which position they were stored.
+_MAX_READ = 512
+
+
+def order_key(payload: Mapping[str, object]) -> tuple[float, float, int]:
+    """When it was said, then when it was stored, then its place in that add_memory call."""
+    return (
+        float(cast(float, payload["event_ts"])),
+        float(cast(float, payload.get("created_ts") or 0.0)),
+        int(cast(int, payload.get("position") or 0)),
+    )
+
+
+def scope_of(payload: Mapping[str, object]) -> Scope:
+    """The exact scope a record was stored in."""
+    return Scope(
+        str(payload["user_id"]),
+        cast(str | None, payload.get("agent_id")),
+        cast(str | None, payload.get("session_id")),
+    )
+
+
+def same_session(earlier: Mapping[str, object], later: Mapping[str, object], gap_s: float) -> bool:
+    """Consecutive turns belong to one session unless more than `gap_s` seconds separate them."""
+    return float(cast(float, later["event_ts"])) - float(cast(float, earlier["event_ts"])) <= gap_s
+
+
+def session_run(turns: Sequence[FoundPoint], index: int, before: int, after: int, gap_s: float) -> list[FoundPoint]:
+    """Up to `before` and `after` turns around `turns[index]` (in conversation order), stopping at a
+    session break."""
+    start = index
+    while start > 0 and index - start < before and same_session(turns[start - 1].payload, turns[start].payload, gap_s):
+        start -= 1
+    end = index
+    while (
+        end + 1 < len(turns) and end - index < after and same_session(turns[end].payload, turns[end + 1].payload, gap_s)
+    ):
+        end += 1
+    return list(turns[start : end + 1])
+
+
+def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: float) -> list[FoundPoint]:
+    """The turns of exactly this scope said between the two times, in conversation order."""
+    where = RecordFilter(
+        scope.user_id,
+        scope.agent_id,
+        scope.session_id,
+        kinds=("turn",),
+        since_ts=since_ts,
+        until_ts=until_ts,
+        exact_scope=True,
+    )
+    return sorted(store.scroll(where, _MAX_READ), key=lambda p: order_key(p.payload))
+
+
+def preceding(
+    store: VectorStore,
+    scope: Scope,
+    key: tuple[float, float, int],
+    count: int,
+    gap_s: float,
+    exclude: Collection[str] = (),
+) -> list[FoundPoint]:
+    """Up to `count` turns of the scope's conversation that came right before `key`, oldest first,
+    within the same session; records in `exclude` (those being rewritten) are passed over."""
+    if count <= 0:
+        return []
+    event_ts = key[0]
+    near = turns_near(store, scope, event_ts - count * gap_s, event_ts)
+    earlier = [p for p in near if order_key(p.payload) < key and p.id not in exclude]
+    run: list[FoundPoint] = []
+    later_ts = event_ts
+    for point in reversed(earlier):
+        if len(run) == count or later_ts - float(cast(float, point.payload["event_ts"])) > gap_s:
+            break
+        run.append(point)
+        later_ts = float(cast(float, point.payload["event_ts"]))
+    return run[::-1]
