@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lightmem_mcp.config import Settings, StoreSettings, load_settings
-from lightmem_mcp.records import Message
+from lightmem_mcp.records import Message, is_blank
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -66,7 +66,7 @@ def haystack_turns(question: dict[str, Any]) -> tuple[list[Turn], int]:
     )
     for session_id, date, session in sessions:
         for index, turn in enumerate(session):
-            if not turn["content"].strip():
+            if is_blank(turn["content"]):
                 blank += 1
                 continue
             turns.append(

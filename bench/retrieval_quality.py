@@ -62,7 +62,7 @@ from bench.common import (
 from lightmem_mcp.config import SearchMode
 from lightmem_mcp.fusion import Fusion, Ranking, fuse
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import FoundPoint, Message, Scope
+from lightmem_mcp.records import FoundPoint, Message, Scope, is_blank
 
 DEFAULT_LOCOMO = Path("/work/shared/data/locomo_dev2.json.gz")
 KS = (1, 5, 10)
@@ -125,7 +125,7 @@ def locomo(path: Path, limit: int | None) -> Corpus:
         while f"session_{session}" in chat:
             when = datetime.strptime(chat[f"session_{session}_date_time"], "%I:%M %p on %d %B, %Y").isoformat()
             for turn in chat[f"session_{session}"]:
-                if turn["text"].strip():
+                if not is_blank(turn["text"]):
                     stored.append(
                         Message(
                             role="user", name=turn["speaker"], content=turn["text"], id=turn["dia_id"], timestamp=when

@@ -636,7 +636,7 @@ class Memory:
 
     def import_records(self, source: TextIO) -> ImportResult:
         """Restore an export: validated whole first, then upserted with the same ids, re-embedded when needed."""
-        return import_points(self.store, self.embedder, self.lexical, source, self._limits)
+        return import_points(self.store, self.embedder, self.lexical, source, self._limits, self.redactor)
 
     def _layout(self) -> StoreLayout:
         return StoreLayout(SCHEMA_VERSION, self.embedder.dimension, self.embedder.id, self.lexical.id)

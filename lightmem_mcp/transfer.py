@@ -39,6 +39,7 @@ from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.indexing import Indexer, dense_text, lexical_parts
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.records import Kind, RecordFilter, Role, Scope, ScopeId, Status, StoredPoint, record_id
+from lightmem_mcp.redact import SecretRedactor
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from lightmem_mcp.summarize import PROGRESS_KIND
@@ -265,6 +266,7 @@ def import_points(
     lexical: LexicalEncoder,
     source: TextIO,
     limits: LimitSettings,
+    redactor: SecretRedactor | None = None,
 ) -> ImportResult:
     """Check the whole export and place every point, then upsert in batches; a bad file raises `InvalidInput`
     naming the line and field, and writes nothing."""
@@ -299,7 +301,7 @@ def import_points(
         try:
             indexer = Indexer(embedder, lexical)
             for batch in _batches(_points(lines, header, limits), _BATCH):
-                fresh, reused = _write(store, indexer, batch, placed, reuse, kinds)
+                fresh, reused = _write(store, indexer, batch, placed, reuse, kinds, redactor)
                 embedded += fresh
                 kept += reused
         except BaseException:
@@ -479,8 +481,10 @@ def _write(
     placed: _Placed,
     reuse_vectors: bool,
     kinds: Counter[str],
+    redactor: SecretRedactor | None = None,
 ) -> tuple[int, int]:
-    """Upsert one batch in one store operation; returns (points embedded here, vectors kept)."""
+    """Upsert one batch in one store operation; returns (points embedded here, vectors kept). Secrets
+    in a memory's words are redacted as `add_memory` would (an export may predate redaction)."""
     plain: list[StoredPoint] = []
     memories: list[tuple[str, dict[str, JsonValue]]] = []
     given: list[list[float] | None] = []
@@ -491,12 +495,41 @@ def _write(
         if not point.embedded:
             plain.append(StoredPoint(point_id, None, None, dict(payload)))
             continue
+        redacted = _redact(payload, redactor) if redactor is not None else False
         memories.append((point_id, payload))
-        # An exported vector is kept only for a point written under its own id: a copy may index differently.
-        given.append(point.dense if reuse_vectors and point_id == str(point.id) else None)
+        # An exported vector is kept only for a point written under its own id and words: a copy may index
+        # differently, and redacted words must be embedded again.
+        given.append(point.dense if reuse_vectors and point_id == str(point.id) and not redacted else None)
     store.upsert([*plain, *indexer.points(memories, given)])
     kept = sum(1 for vector in given if vector is not None)
     return len(given) - kept, kept
+
+
+def _redact(payload: dict[str, JsonValue], redactor: SecretRedactor) -> bool:
+    """Redact the words and context of one memory in place, counting what was taken out; True if any."""
+    found: Counter[str] = Counter()
+    for key in ("original_text", "text"):
+        value = payload.get(key)
+        if isinstance(value, str):
+            result = redactor.redact(value)
+            payload[key] = result.text
+            if not found:  # counted once per message: `text` repeats `original_text` unless compressed
+                found.update(result.kinds)
+    context = payload.get("context")
+    if isinstance(context, list):
+        lines = [redactor.redact(line) if isinstance(line, str) else None for line in context]
+        payload["context"] = [r.text if r is not None else line for r, line in zip(lines, context, strict=True)]
+    if not found:
+        return False
+    earlier = payload.get("redactions")
+    counts = (
+        Counter({str(k): int(v) for k, v in earlier.items() if isinstance(v, int)})
+        if isinstance(earlier, dict)
+        else Counter()
+    )
+    counts.update(found)
+    payload["redactions"] = dict(counts)
+    return True
 
 
 # -- checking -----------------------------------------------------------------------------

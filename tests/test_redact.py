@@ -8,11 +8,12 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
 
-from lightmem_mcp.config import PipelineSettings, RedactionSettings, Settings, load_settings
+from lightmem_mcp.config import PipelineSettings, RedactionSettings, Settings, StoreSettings, load_settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import ConfigError
 from lightmem_mcp.memory import Memory
@@ -241,3 +242,29 @@ def test_a_pattern_of_ones_own_may_redact_only_its_secret_group() -> None:
     own = SecretRedactor(RedactionSettings(patterns=[r"vault pin (?P<secret>\d{6})"]))
 
     assert own.redact("the vault pin 482913 opens it").text == "the vault pin [REDACTED:custom] opens it"
+
+
+def test_an_export_written_before_redaction_is_redacted_on_import(
+    settings: Settings, embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    unredacted = settings.model_copy(update={"redaction": RedactionSettings(enabled=False)})
+    old = open_memory(unredacted, embedder)
+    try:
+        old.add([Message(role="user", content=LEAKY, id="m1")], MAYA)
+        exported = io.StringIO()
+        old.export_records(exported, MAYA, vectors=True)
+    finally:
+        old.close()
+    assert OPENAI_KEY in exported.getvalue()
+
+    fresh = settings.model_copy(update={"store": StoreSettings(data_dir=tmp_path / "fresh")})
+    memory = open_memory(fresh, embedder)
+    try:
+        memory.import_records(io.StringIO(exported.getvalue()))
+        stored = [json.dumps(p.payload) for p in memory.store.scan(RecordFilter(MAYA.user_id))]
+        found = memory.search("OpenAI key AWS access key", MAYA).model_dump_json()
+        assert memory.stats(MAYA).redactions.secrets == 3
+    finally:
+        memory.close()
+    for secret in SECRETS:
+        assert not [out for out in [*stored, found] if secret in out], secret
