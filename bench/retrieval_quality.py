@@ -323,8 +323,9 @@ def run_grid(
     speaker of the scope, or not) by cross-validation, scored on held-out questions per data set."""
     settings = grid_settings()
     for extra in (default.plain, default.named):
-        if extra not in settings:
+        if extra.label() not in {f.label() for f in settings}:
             settings.append(extra)
+    labels = [f.label() for f in settings]
     cases = [c for corpus in corpora for c in corpus.cases]
     names = [c.name for c in corpora]
     scores: dict[str, list[float]] = {}
@@ -375,7 +376,7 @@ def run_grid(
         return lambda c: named_pick if named[c.question_id] else plain
 
     plain_i, named_i = pick(every, False), pick(every, True)
-    default_policy = policy(settings.index(default.plain), settings.index(default.named))
+    default_policy = policy(labels.index(default.plain.label()), labels.index(default.named.label()))
     in_sample = {
         "picked": dataset_means(policy(plain_i, named_i), every),
         "default": dataset_means(default_policy, every),

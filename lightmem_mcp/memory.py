@@ -21,12 +21,13 @@ from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.extractor import FactExtractor
 from lightmem_mcp.fusion import Ranking, fuse
-from lightmem_mcp.indexing import CONTEXT_TURNS, Indexer, context_line
+from lightmem_mcp.indexing import CONTEXT_TURNS, SHORT_TURN_WORDS, Indexer, context_line, said
 from lightmem_mcp.lease import RedisLeases, open_leases
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.recall import (
+    DEFAULT_RECALL_CONTEXT,
     DEFAULT_RECALL_TOKENS,
     MAX_RECALL_TOKENS,
     MIN_RECALL_TOKENS,
@@ -388,7 +389,8 @@ class Memory:
         if not context:
             return SearchResult(hits=hits)
         windows: list[ContextWindow] = []
-        for run, members in _merged([(i, self._window(p, context)) for i, p in enumerate(found)]):
+        read: dict[tuple[Scope, float, float], list[FoundPoint]] = {}
+        for run, members in _merged([(i, self._window(p, context, read)) for i, p in enumerate(found)]):
             hit_ids = {found[i].id for i in members}
             for i in members:
                 hits[i].window = len(windows)
@@ -406,13 +408,14 @@ class Memory:
         query: str,
         scope: Scope,
         max_tokens: int = DEFAULT_RECALL_TOKENS,
-        context: int = 1,
+        context: int = DEFAULT_RECALL_CONTEXT,
         filters: SearchFilters | None = None,
         compress: bool = False,
     ) -> RecallResult:
-        """The context to put in a prompt before answering: the best hits with the turns around them,
-        packed into at most `max_tokens` tokens, grouped by session in time order, each block citing
-        its sources."""
+        """The context to put in a prompt before answering: the best hits with up to `context` short
+        turns around each (a short reply or question next to a hit is cheap and often the rest of the
+        exchange; a long one would crowd out other hits), packed into at most `max_tokens` tokens,
+        grouped by session in time order, each line citing its message id."""
         where = self._check_query(query, scope, filters)
         if not MIN_RECALL_TOKENS <= max_tokens <= MAX_RECALL_TOKENS:
             raise InvalidInput(
@@ -423,11 +426,13 @@ class Memory:
         shrink = None
         if compress and self.compressor.status == "ready":
             shrink = self._shrink
+        read: dict[tuple[Scope, float, float], list[FoundPoint]] = {}
         return pack(
             found,
-            lambda point: self._window(point, context) if context else [point],
+            lambda point: _short_neighbours(self._window(point, context, read), point) if context else [point],
             max_tokens,
             self.compressor.counter.count,
+            self._settings.search.session_gap_minutes * 60,
             shrink,
         )
 
@@ -478,15 +483,20 @@ class Memory:
         named = {term for name in speakers for term in self.lexical.query_terms(name)}
         return not named.isdisjoint(terms)
 
-    def _window(self, point: FoundPoint, context: int) -> list[FoundPoint]:
+    def _window(
+        self, point: FoundPoint, context: int, read: dict[tuple[Scope, float, float], list[FoundPoint]]
+    ) -> list[FoundPoint]:
         """The hit and up to `context` turns before and after it in its session; just the hit when it
-        is not a turn."""
+        is not a turn. `read` keeps the turns already read for this call: hits cluster in sessions."""
         if point.payload.get("kind") != "turn":
             return [point]
         gap_s = self._settings.search.session_gap_minutes * 60
         event_ts = float(cast(float, point.payload["event_ts"]))
         span = context * gap_s
-        near = turns_near(self.store, scope_of(point.payload), event_ts - span, event_ts + span)
+        key = (scope_of(point.payload), event_ts - span, event_ts + span)
+        if key not in read:
+            read[key] = turns_near(self.store, *key)
+        near = read[key]
         index = next((i for i, p in enumerate(near) if p.id == point.id), None)
         if index is None:  # deleted between the ranking and now
             return [point]
@@ -659,6 +669,21 @@ MAX_CONTEXT = 10
 def _check_context(context: int) -> None:
     if not 0 <= context <= MAX_CONTEXT:
         raise InvalidInput("context", f"{context} is out of range: use 0 (no window) to {MAX_CONTEXT} turns each side")
+
+
+def _short_neighbours(run: list[FoundPoint], hit: FoundPoint) -> list[FoundPoint]:
+    """The part of a window around the hit whose other turns are short (`SHORT_TURN_WORDS`)."""
+    index = next(i for i, p in enumerate(run) if p.id == hit.id)
+    start, end = index, index + 1
+    while start > 0 and _is_short(run[start - 1]):
+        start -= 1
+    while end < len(run) and _is_short(run[end]):
+        end += 1
+    return run[start:end]
+
+
+def _is_short(point: FoundPoint) -> bool:
+    return len(said(point.payload).split()) <= SHORT_TURN_WORDS
 
 
 def _merged(spans: Sequence[tuple[int, list[FoundPoint]]]) -> list[tuple[list[FoundPoint], list[int]]]:

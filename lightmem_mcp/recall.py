@@ -2,9 +2,9 @@
 
 This is the context an agent puts in its prompt before answering. Hits are taken in rank order,
 each with its window of neighbouring turns (or alone, when the window does not fit), until the
-budget is spent; what was taken is then laid out in time order, one block per run of consecutive
-turns of a session (a fact or summary is a block of its own), each block citing its source ids
-and time. The budget is checked on exactly the text returned.
+budget is spent; what was taken is then laid out in time order, one block per session (turns that
+are not consecutive separated by "…"; a fact or summary is a block of its own), each block headed
+by its time and each line citing its message id. The budget is checked on exactly the text returned.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from typing import cast
 
 from pydantic import BaseModel, Field
 
-from lightmem_mcp.conversation import order_key
+from lightmem_mcp.conversation import order_key, same_session
 from lightmem_mcp.indexing import speaker_label
 from lightmem_mcp.records import FoundPoint, Kind
 
 DEFAULT_RECALL_TOKENS = 1000
+# Neighbouring turns taken on each side of a hit, when they are short (see Memory.recall).
+DEFAULT_RECALL_CONTEXT = 2
 MIN_RECALL_TOKENS = 50
 MAX_RECALL_TOKENS = 32_000
 # Hits considered for one recall, best first.
@@ -29,9 +31,10 @@ RECALL_CANDIDATES = 50
 
 
 class RecallBlock(BaseModel):
-    """Consecutive turns of one session, or one fact or summary, as it appears in `context`."""
+    """The turns taken from one session (each line citing its message id), or one fact or summary,
+    as it appears in `context`."""
 
-    kind: Kind = Field(description="turn for a run of conversation turns, else fact or summary.")
+    kind: Kind = Field(description="turn for the turns taken from one session, else fact or summary.")
     session_id: str | None = None
     start_time: datetime
     end_time: datetime
@@ -71,6 +74,7 @@ def pack(
     window: Callable[[FoundPoint], list[FoundPoint]],
     max_tokens: int,
     count: Callable[[str], int],
+    session_gap_s: float,
     shrink: Callable[[Sequence[str]], list[str]] | None = None,
 ) -> RecallResult:
     """Take hits best first, each with its window if it fits, else alone, until `max_tokens`."""
@@ -89,7 +93,7 @@ def pack(
         texts.update((p.id, _text(p)) for p in fresh if p.id not in texts)
         for option in (run, [hit]) if len(run) > 1 else ([hit],):
             trial = packing.with_run(option)
-            blocks = _blocks(trial, texts)
+            blocks = _blocks(trial, texts, session_gap_s)
             context = "\n\n".join(b.text for b in blocks)
             if count(context) <= max_tokens:
                 packing, best = trial, (context, blocks)
@@ -113,32 +117,41 @@ def _text(point: FoundPoint) -> str:
     return str(point.payload["text"])
 
 
-def _blocks(packing: _Packing, texts: dict[str, str]) -> list[RecallBlock]:
-    """Runs of adjacent turns and single facts / summaries, in time order."""
+def _blocks(packing: _Packing, texts: dict[str, str], gap_s: float) -> list[RecallBlock]:
+    """The turns taken from each session, and single facts / summaries, in time order."""
     ordered = sorted(packing.taken.values(), key=lambda p: (order_key(p.payload), p.id))
     groups: list[list[FoundPoint]] = []
+    open_sessions: dict[tuple[object, ...], list[FoundPoint]] = {}
     for point in ordered:
-        previous = groups[-1][-1] if groups else None
-        if previous is not None and (previous.id, point.id) in packing.adjacent:
-            groups[-1].append(point)
-        else:
+        if point.payload.get("kind") != "turn":
             groups.append([point])
-    return [_block(group, texts) for group in groups]
+            continue
+        key = tuple(point.payload.get(k) for k in ("user_id", "agent_id", "session_id"))
+        session = open_sessions.get(key)
+        if session is None or not same_session(session[-1].payload, point.payload, gap_s):
+            session = open_sessions[key] = []
+            groups.append(session)
+        session.append(point)
+    return [_block(group, texts, packing.adjacent) for group in groups]
 
 
-def _block(group: list[FoundPoint], texts: dict[str, str]) -> RecallBlock:
+def _block(group: list[FoundPoint], texts: dict[str, str], adjacent: set[tuple[str, str]]) -> RecallBlock:
     first = group[0].payload
     kind = cast(Kind, first["kind"])
     sources = list(dict.fromkeys(s for p in group for s in cast(list[str], p.payload.get("source_ids") or [])))
     start = datetime.fromisoformat(str(first["event_time"]))
     end = datetime.fromisoformat(str(group[-1].payload["event_time"]))
     when = start.strftime("%Y-%m-%d %H:%M")
-    label = "" if kind == "turn" else f"{kind} "
-    header = f"[{label}{when} | sources: {', '.join(sources)}]"
     if kind == "turn":
-        lines = [f"{speaker_label(p.payload)}: {texts[p.id]}" for p in group]
+        session = f" | session {first['session_id']}" if first.get("session_id") else ""
+        lines = [f"[{when}{session}]"]
+        for previous, point in zip([None, *group], group, strict=False):
+            if previous is not None and (previous.id, point.id) not in adjacent:
+                lines.append("…")
+            cited = " ".join(cast(list[str], point.payload.get("source_ids") or []))
+            lines.append(f"{cited} {speaker_label(point.payload)}: {texts[point.id]}")
     else:
-        lines = [texts[p.id] for p in group]
+        lines = [f"[{kind} {when} | sources: {', '.join(sources)}]", *(texts[p.id] for p in group)]
     return RecallBlock(
         kind=kind,
         session_id=cast(str | None, first.get("session_id")),
@@ -146,5 +159,5 @@ def _block(group: list[FoundPoint], texts: dict[str, str]) -> RecallBlock:
         end_time=end,
         ids=[p.id for p in group],
         source_ids=sources,
-        text="\n".join([header, *lines]),
+        text="\n".join(lines),
     )

@@ -28,7 +28,13 @@ from lightmem_mcp.config import Settings
 from lightmem_mcp.consolidate import ConsolidateResult, HistoryResult, Progress
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
 from lightmem_mcp.memory import MAX_CONTEXT, Memory
-from lightmem_mcp.recall import DEFAULT_RECALL_TOKENS, MAX_RECALL_TOKENS, MIN_RECALL_TOKENS, RecallResult
+from lightmem_mcp.recall import (
+    DEFAULT_RECALL_CONTEXT,
+    DEFAULT_RECALL_TOKENS,
+    MAX_RECALL_TOKENS,
+    MIN_RECALL_TOKENS,
+    RecallResult,
+)
 from lightmem_mcp.records import (
     MAX_ID_CHARS,
     AddResult,
@@ -318,10 +324,10 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         context: Annotated[
             int,
             Field(
-                description=f"Neighbouring turns to include around each stored-message hit when they fit, 0 to "
-                f"{MAX_CONTEXT} (default 1)."
+                description=f"Short neighbouring turns (a reply, a question) to include on each side of a "
+                f"stored-message hit when they fit, 0 to {MAX_CONTEXT} (default {DEFAULT_RECALL_CONTEXT})."
             ),
-        ] = 1,
+        ] = DEFAULT_RECALL_CONTEXT,
         compress: Annotated[
             bool,
             Field(

@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 from mcp import Client
 
-from lightmem_mcp.config import Settings, StoreSettings
+from lightmem_mcp.config import CompressionSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.records import Message, Scope
@@ -210,7 +210,52 @@ def test_recall_takes_the_turns_around_a_hit_when_they_fit(memory: Memory) -> No
     block = next(b for b in recalled.blocks if "d1-3" in b.source_ids)
     assert {"d1-2", "d1-3", "d1-4"} <= set(block.source_ids)
     lines = block.text.splitlines()
-    assert lines[lines.index("Priya: What colour did you paint it?") + 1] == "Tomas: Deep navy with a white stripe."
+    assert lines[0] == "[2024-03-02 10:00]"
+    assert lines[lines.index("d1-2 Priya: What colour did you paint it?") + 1] == "d1-3 Tomas: Deep navy with a white stripe."
+
+
+def test_recall_leaves_out_long_neighbours_and_marks_gaps(memory: Memory) -> None:
+    long_story = " ".join(["Work was exhausting this week, meetings from morning to night."] * 8)
+    memory.add(
+        [
+            said("Priya", "Did you finish the sailboat?", "s0"),
+            said("Tomas", "Yes, deep navy with a white stripe.", "s1"),
+            said("Priya", long_story, "s2"),
+            said("Tomas", "Nice.", "s3"),
+            said("Priya", "What colour is your kayak?", "s4"),
+            said("Tomas", "The kayak is bright orange.", "s5"),
+        ],
+        ALICE,
+    )
+
+    recalled = memory.recall("What colour is the sailboat and the kayak?", ALICE, max_tokens=150, context=2)
+
+    [block] = recalled.blocks  # one session, one block
+    assert "s2" not in block.source_ids  # the long turn next to a hit is not worth its tokens
+    assert {"s0", "s1", "s4", "s5"} <= set(block.source_ids)
+    assert "…" in block.text.splitlines()  # where the session skips turns
+
+
+def test_recall_can_compress_the_turns_when_the_model_is_loaded(
+    settings: Settings, embedder: SentenceTransformerEmbedder, tiny_model: Path
+) -> None:
+    configured = settings.model_copy(
+        update={"compression": CompressionSettings(path=tiny_model, device="cpu", allow_download=False)}
+    )
+    memory = open_memory(configured, embedder)
+    try:
+        conversation(memory)
+        plain = memory.recall("sailboat paint colour", ALICE, max_tokens=120, compress=True)
+        assert not plain.compressed  # the model is not loaded yet: nothing is compressed, and it says so
+        assert memory.compressor.load() == "ready"
+
+        compressed = memory.recall("sailboat paint colour", ALICE, max_tokens=120, compress=True)
+
+        assert compressed.compressed
+        assert len(ENCODING.encode(compressed.context)) <= 120
+        assert compressed.blocks and all(memory.get(b.ids, ALICE).missing == [] for b in compressed.blocks)
+    finally:
+        memory.close()
 
 
 # -- through the tool ---------------------------------------------------------------------
