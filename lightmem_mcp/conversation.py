@@ -4,6 +4,7 @@ around a given one. Used to index a turn with the turns before it and to show a 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import cast
 
 from lightmem_mcp.records import FoundPoint, RecordFilter, Scope
@@ -12,6 +13,8 @@ from lightmem_mcp.store import VectorStore
 # Most turns read around one point in time; ties in event time (a session stored with one date)
 # are ordered by when and in which position they were stored.
 _MAX_READ = 512
+# Turns read to find the few said just before a new one.
+_NEWEST = 16
 
 
 def order_key(payload: Mapping[str, object]) -> tuple[float, float, int]:
@@ -78,7 +81,24 @@ def preceding(
     if count <= 0:
         return []
     event_ts = key[0]
-    near = turns_near(store, scope, event_ts - count * gap_s, event_ts)
+    where = RecordFilter(
+        scope.user_id,
+        scope.agent_id,
+        scope.session_id,
+        kinds=("turn",),
+        since_ts=event_ts - count * gap_s,
+        until_ts=event_ts,
+        exact_scope=True,
+    )
+    # The newest few by event time are enough, unless they all share one time (a session stored
+    # with one date): then read every turn of that time, to order them by when they were stored.
+    limit = min(_NEWEST + len(exclude), _MAX_READ)
+    newest = store.scroll(where, limit)
+    times = {float(cast(float, p.payload["event_ts"])) for p in newest}
+    if len(newest) == limit and len(times) == 1:
+        tied = times.pop()
+        newest = store.scroll(replace(where, since_ts=tied, until_ts=tied), _MAX_READ)
+    near = sorted(newest, key=lambda p: order_key(p.payload))
     earlier = [p for p in near if order_key(p.payload) < key and p.id not in exclude]
     run: list[FoundPoint] = []
     later_ts = event_ts
