@@ -382,7 +382,8 @@ def run_grid(
         "default": dataset_means(default_policy, every),
     }
     print(
-        f"\nPer kind of query, in sample: best plain {settings[plain_i].label()}, best named {settings[named_i].label()}: "
+        f"\nPer kind of query, in sample: best plain {settings[plain_i].label()}, "
+        f"best named {settings[named_i].label()}: "
         + ", ".join(f"{n} {in_sample['picked'][n]:.3f}" for n in names)
         + f"; default ({default.plain.label()} / {default.named.label()}): "
         + ", ".join(f"{n} {in_sample['default'][n]:.3f}" for n in names)

@@ -25,7 +25,7 @@ from bench.pipeline import open_memory
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import RecordFilter, Scope, StoredPoint, record_id, record_payload
+from lightmem_mcp.records import RecordFilter, Scope, record_id, record_payload
 from lightmem_mcp.timestamps import now, parse_timestamp
 from tests.openai_server import ChatRequest, FakeLLMServer
 
@@ -54,9 +54,8 @@ def load_facts(memory: Memory, questions: list[dict[str, Any]], limit: int) -> l
         stored_at = now()
         for start in range(0, len(turns), 256):
             chunk = turns[start : start + 256]
-            vectors = memory.embedder.embed_documents(texts[start : start + 256])
-            points = []
-            for turn, text, vector in zip(chunk, texts[start : start + 256], vectors, strict=True):
+            records: list[tuple[str, dict[str, object]]] = []
+            for turn, text in zip(chunk, texts[start : start + 256], strict=True):
                 payload = record_payload(
                     Scope(user),
                     "fact",
@@ -68,9 +67,8 @@ def load_facts(memory: Memory, questions: list[dict[str, Any]], limit: int) -> l
                     stored_at=stored_at,
                 )
                 payload.update(stage="extracted", batch_turn_ids=[], llm_call_id="bench")
-                fact_id = record_id(Scope(user), "fact", turn.id)
-                points.append(StoredPoint(fact_id, vector, memory.lexical.encode_document(text), payload))
-            memory.store.upsert(points)
+                records.append((record_id(Scope(user), "fact", turn.id), payload))
+            memory.store.upsert(memory.indexer.points(records))
         count += len(turns)
     return users
 

@@ -211,7 +211,10 @@ def test_recall_takes_the_turns_around_a_hit_when_they_fit(memory: Memory) -> No
     assert {"d1-2", "d1-3", "d1-4"} <= set(block.source_ids)
     lines = block.text.splitlines()
     assert lines[0] == "[2024-03-02 10:00]"
-    assert lines[lines.index("d1-2 Priya: What colour did you paint it?") + 1] == "d1-3 Tomas: Deep navy with a white stripe."
+    assert (
+        lines[lines.index("d1-2 Priya: What colour did you paint it?") + 1]
+        == "d1-3 Tomas: Deep navy with a white stripe."
+    )
 
 
 def test_recall_leaves_out_long_neighbours_and_marks_gaps(memory: Memory) -> None:
