@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +23,51 @@ def scopes_of(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None,
     """The distinct (user, agent, session) scopes of some records' payloads, in a stable order."""
     found = {(str(p[TENANT_FIELD]), p.get("agent_id"), p.get("session_id")) for p in payloads}
     return sorted(found, key=str)
+
+
+class TermCounts:
+    """Per-user BM25 statistics remembered between searches: counting a term over a large user's
+    records reads its postings (milliseconds at 100k records), and a user's queries share words.
+    A user's counts are dropped when this process writes or deletes that user's records, and after
+    `ttl_s` (other processes writing the same store: replicas sharing a Qdrant server)."""
+
+    def __init__(self, ttl_s: float | None) -> None:
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._users: dict[str, tuple[float, int, dict[int, int]]] = {}
+        # Bumped by every write of the user (and for everyone by `forget(None)`): counts taken
+        # before a write are never remembered after it.
+        self._generations: dict[str, int] = {}
+        self._epoch = 0
+
+    def get(
+        self, user_id: str, terms: Sequence[int], total: Callable[[], int], frequency: Callable[[int], int]
+    ) -> tuple[int, list[int]]:
+        """(records, frequency of each term), counted only where not remembered."""
+        now = time.monotonic()
+        with self._lock:
+            generation = (self._epoch, self._generations.get(user_id, 0))
+            entry = self._users.get(user_id)
+        if entry is None or (self._ttl_s is not None and now - entry[0] > self._ttl_s):
+            entry = (now, total(), {})
+        taken, records, known = entry
+        missing = [t for t in dict.fromkeys(terms) if t not in known]
+        counts = {**known, **{t: frequency(t) if records else 0 for t in missing}}
+        with self._lock:
+            if generation == (self._epoch, self._generations.get(user_id, 0)):
+                self._users[user_id] = (taken, records, counts)
+        return records, [counts[t] for t in terms]
+
+    def forget(self, user_ids: Iterable[str | None]) -> None:
+        """Drop these users' counts (None: everyone's)."""
+        with self._lock:
+            for user_id in user_ids:
+                if user_id is None:
+                    self._users.clear()
+                    self._epoch += 1
+                else:
+                    self._users.pop(user_id, None)
+                    self._generations[user_id] = self._generations.get(user_id, 0) + 1
 
 
 # Rewrites a page of points into the current layout (fresh vectors, updated payload) during a re-index.

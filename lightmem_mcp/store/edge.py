@@ -15,8 +15,8 @@ import qdrant_edge as qe
 
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
 from lightmem_mcp.privacy import private_directory
-from lightmem_mcp.records import KINDS, FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Rewrite, dense_vector, scopes_of
+from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -44,6 +44,8 @@ class EdgeStore:
         self._path = path
         # Edge handles concurrent reads; writes are serialised so one upsert is one WAL entry.
         self._write_lock = threading.Lock()
+        # One process owns the directory, so its own writes are the only ones: no expiry needed.
+        self._term_counts = TermCounts(ttl_s=None)
         private_directory(path)  # memories in clear: 0700 / 0600, whatever the umask
         layout_file = path / _LAYOUT_FILE
         self._layout = layout
@@ -112,6 +114,7 @@ class EdgeStore:
         edge_points = [qe.Point(p.id, _vectors(p), dict(p.payload)) for p in points]
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(edge_points))
+        self._term_counts.forget({str(p.payload.get(TENANT_FIELD)) for p in points})
 
     def nearest(
         self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
@@ -128,10 +131,14 @@ class EdgeStore:
 
     def term_stats(self, user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
         """Exact counts over the user's records, from the keyword and integer indexes."""
-        total = self.count(RecordFilter(user_id, kinds=KINDS))
-        if not total:
-            return 0, [0] * len(terms)
-        return total, [self.count(RecordFilter(user_id, kinds=KINDS, term=term)) for term in terms]
+        # Only the tenant index and the term index: a per-point check of `kind` would read every
+        # record of the user. The user's few LLM-ledger entries count in the total; they hold no terms.
+        return self._term_counts.get(
+            user_id,
+            terms,
+            lambda: self.count(RecordFilter(user_id)),
+            lambda term: self.count(RecordFilter(user_id, term=term)),
+        )
 
     def scroll(
         self,
@@ -184,6 +191,7 @@ class EdgeStore:
         """Delete every record the filter matches."""
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.delete_points_by_filter(_filter(where)))
+        self._term_counts.forget([where.user_id])
 
     def scan(
         self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
@@ -248,6 +256,7 @@ class EdgeStore:
             self._shard = self._open(target_dir, self._layout.dimension)
             self.stale = False
             self._drop_leftovers()
+        self._term_counts.forget([None])
 
     def optimize(self) -> None:
         """Merge segments and build the HNSW index (blocking)."""

@@ -13,8 +13,8 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
-from lightmem_mcp.records import KINDS, FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store import Rewrite, dense_vector, scopes_of
+from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -35,6 +35,8 @@ class QdrantServerStore:
     def __init__(self, client: QdrantClient, collection: str, layout: StoreLayout) -> None:
         self._client = client
         self._collection = collection
+        # Other replicas write the same collection: their writes show in the counts within a minute.
+        self._term_counts = TermCounts(ttl_s=60.0)
         where = f"collection {collection!r}"
         try:
             exists = client.collection_exists(collection)
@@ -99,6 +101,7 @@ class QdrantServerStore:
             points=[qm.PointStruct(id=p.id, vector=_vectors(p), payload=dict(p.payload)) for p in points],
             wait=True,
         )
+        self._term_counts.forget({str(p.payload.get(TENANT_FIELD)) for p in points})
 
     def nearest(
         self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
@@ -116,10 +119,14 @@ class QdrantServerStore:
 
     def term_stats(self, user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
         """Exact counts over the user's records (one count request per term, on the tenant's index)."""
-        total = self.count(RecordFilter(user_id, kinds=KINDS))
-        if not total:
-            return 0, [0] * len(terms)
-        return total, [self.count(RecordFilter(user_id, kinds=KINDS, term=term)) for term in terms]
+        # Only the tenant index and the term index: a per-point check of `kind` would read every
+        # record of the user. The user's few LLM-ledger entries count in the total; they hold no terms.
+        return self._term_counts.get(
+            user_id,
+            terms,
+            lambda: self.count(RecordFilter(user_id)),
+            lambda term: self.count(RecordFilter(user_id, term=term)),
+        )
 
     def scroll(
         self,
@@ -174,6 +181,7 @@ class QdrantServerStore:
     def delete(self, where: RecordFilter) -> None:
         """Delete every record the filter matches."""
         self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=_filter(where)), wait=True)
+        self._term_counts.forget([where.user_id])
 
     def scan(
         self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256

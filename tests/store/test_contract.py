@@ -160,6 +160,20 @@ def test_a_query_of_only_stop_words_falls_back_to_dense_in_hybrid_and_finds_noth
     assert search(store, "what is it?", mode="sparse") == []
 
 
+def test_term_statistics_are_the_users_own_and_follow_their_writes(store: VectorStore) -> None:
+    store.upsert(conversation())
+    [cat] = LEXICAL.query_terms("cat")
+
+    assert store.term_stats("alice", [cat]) == (4, [1])
+    store.upsert([memory("m9", "Another cat, a tabby.")])  # counted at once, though just read
+    store.upsert([memory("b1", "cat cat cat", user_id="bob"), memory("b2", "a cat", user_id="bob")])
+    assert store.term_stats("alice", [cat]) == (5, [2])
+    store.delete(RecordFilter("alice", ids=(record_id("m0"),)))
+    assert store.term_stats("alice", [cat]) == (4, [1])
+    assert store.term_stats("bob", [cat]) == (2, [2])
+    assert store.term_stats("carol", [cat]) == (0, [0])
+
+
 # -- filters ---------------------------------------------------------------------------
 
 
