@@ -42,8 +42,8 @@ class Message(BaseModel):
 
     role: Role = Field(description="Who spoke: user, assistant, system or tool.")
     content: str = Field(
-        description="The message text, as said. Stored verbatim. Not blank; at most LIGHTMEM_MAX_MESSAGE_CHARS "
-        "characters (32,000 by default)."
+        description="The message text, as said. Stored as sent, secrets (keys, tokens, passwords) redacted. "
+        "Not blank; at most LIGHTMEM_MAX_MESSAGE_CHARS characters (32,000 by default)."
     )
     id: ScopeId | None = Field(
         default=None,
@@ -190,7 +190,7 @@ class MemoryRecord(BaseModel):
     status: Status = Field(description="active, or superseded by a newer fact (see superseded_by).")
     superseded_by: str | None = Field(default=None, description="The record that replaced this one.")
     text: str = Field(description="The memory text.")
-    original_text: str | None = Field(default=None, description="For turns: the message exactly as sent.")
+    original_text: str | None = Field(default=None, description="For turns: the message as sent, secrets redacted.")
     role: Role | None = None
     speaker: str | None = None
     source_ids: list[str] = Field(description="Ids of the messages this memory comes from.")
