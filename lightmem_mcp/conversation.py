@@ -100,11 +100,19 @@ def preceding(
         newest = store.scroll(replace(where, since_ts=tied, until_ts=tied), _MAX_READ)
     near = sorted(newest, key=lambda p: order_key(p.payload))
     earlier = [p for p in near if order_key(p.payload) < key and p.id not in exclude]
-    run: list[FoundPoint] = []
-    later_ts = event_ts
-    for point in reversed(earlier):
-        if len(run) == count or later_ts - float(cast(float, point.payload["event_ts"])) > gap_s:
+    tail = session_tail([p.payload for p in earlier], {"event_ts": event_ts}, count, gap_s)
+    return earlier[len(earlier) - len(tail) :]
+
+
+def session_tail(
+    earlier: Sequence[Mapping[str, object]], later: Mapping[str, object], count: int, gap_s: float
+) -> list[Mapping[str, object]]:
+    """The last `count` of `earlier` (in conversation order) that run on, without a session break,
+    into `later`; oldest first."""
+    run: list[Mapping[str, object]] = []
+    for candidate in reversed(earlier):
+        if len(run) == count or not same_session(candidate, later, gap_s):
             break
-        run.append(point)
-        later_ts = float(cast(float, point.payload["event_ts"]))
+        run.append(candidate)
+        later = candidate
     return run[::-1]

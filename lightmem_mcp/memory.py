@@ -16,7 +16,7 @@ from lightmem_mcp.buffer import FlushResult, ShortTermBuffer
 from lightmem_mcp.compressor import Compression, Compressor
 from lightmem_mcp.config import SearchMode, Settings
 from lightmem_mcp.consolidate import ConsolidateResult, Consolidator, HistoryEntry, HistoryResult, Progress
-from lightmem_mcp.conversation import order_key, preceding, same_session, scope_of, session_run, turns_near
+from lightmem_mcp.conversation import order_key, preceding, scope_of, session_run, session_tail, turns_near
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.extractor import FactExtractor
@@ -241,16 +241,11 @@ class Memory:
         gap_s = self._settings.search.session_gap_minutes * 60
         ids = {record_id for record_id, _ in records}
         first = order_key(records[0][1])
-        earlier = [p.payload for p in preceding(self.store, scope, first, CONTEXT_TURNS, gap_s, exclude=ids)]
+        earlier: list[Mapping[str, object]] = [
+            p.payload for p in preceding(self.store, scope, first, CONTEXT_TURNS, gap_s, exclude=ids)
+        ]
         for _, payload in records:
-            run: list[Mapping[str, object]] = []
-            later: Mapping[str, object] = payload
-            for candidate in reversed(earlier):
-                if len(run) == CONTEXT_TURNS or not same_session(candidate, later, gap_s):
-                    break
-                run.append(candidate)
-                later = candidate
-            payload["context"] = [context_line(p) for p in reversed(run)]
+            payload["context"] = [context_line(p) for p in session_tail(earlier, payload, CONTEXT_TURNS, gap_s)]
             earlier.append(payload)
 
     def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:

@@ -94,6 +94,7 @@ SessionId = Annotated[
     ),
 ]
 RecordId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+Filters = Annotated[SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")]
 Time = Annotated[str | None, Field(max_length=MAX_TIME_CHARS)]
 
 
@@ -286,9 +287,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
-        filters: Annotated[
-            SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")
-        ] = None,
+        filters: Filters = None,
         context: Annotated[
             int,
             Field(
@@ -338,9 +337,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
-        filters: Annotated[
-            SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")
-        ] = None,
+        filters: Filters = None,
     ) -> RecallResult:
         """Call before answering a question that may depend on earlier conversations: returns the most
         relevant memories with the turns around them, packed into at most `max_tokens` tokens, grouped

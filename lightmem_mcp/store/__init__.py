@@ -40,19 +40,21 @@ class TermCounts:
         self._generations: dict[str, int] = {}
         self._epoch = 0
 
-    def get(
-        self, user_id: str, terms: Sequence[int], total: Callable[[], int], frequency: Callable[[int], int]
-    ) -> tuple[int, list[int]]:
-        """(records, frequency of each term), counted only where not remembered."""
+    def get(self, count: Callable[[RecordFilter], int], user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
+        """(the user's records, how many hold each term), counted with `count` only where not
+        remembered. Only the tenant and term indexes are used: a per-point check of `kind` would read
+        every record of the user. The user's few LLM-ledger entries count in the total; they hold no
+        terms."""
         now = time.monotonic()
         with self._lock:
             generation = (self._epoch, self._generations.get(user_id, 0))
             entry = self._users.get(user_id)
         if entry is None or (self._ttl_s is not None and now - entry[0] > self._ttl_s):
-            entry = (now, total(), {})
+            entry = (now, count(RecordFilter(user_id)), {})
         taken, records, known = entry
         missing = [t for t in dict.fromkeys(terms) if t not in known]
-        counts = {**known, **{t: frequency(t) if records else 0 for t in missing}}
+        fresh = {t: count(RecordFilter(user_id, term=t)) if records else 0 for t in missing}
+        counts = {**known, **fresh}
         with self._lock:
             if generation == (self._epoch, self._generations.get(user_id, 0)):
                 self._users[user_id] = (taken, records, counts)

@@ -119,14 +119,7 @@ class QdrantServerStore:
 
     def term_stats(self, user_id: str, terms: Sequence[int]) -> tuple[int, list[int]]:
         """Exact counts over the user's records (one count request per term, on the tenant's index)."""
-        # Only the tenant index and the term index: a per-point check of `kind` would read every
-        # record of the user. The user's few LLM-ledger entries count in the total; they hold no terms.
-        return self._term_counts.get(
-            user_id,
-            terms,
-            lambda: self.count(RecordFilter(user_id)),
-            lambda term: self.count(RecordFilter(user_id, term=term)),
-        )
+        return self._term_counts.get(self.count, user_id, terms)
 
     def scroll(
         self,
