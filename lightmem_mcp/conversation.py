@@ -1,60 +1,45 @@
-"""Turns in conversation order: which turn came before which, where a session ends, and the turns
-around a given one. Used to index a turn with the turns before it and to show a hit's neighbours."""
+"""Turns in conversation order: where a session ends, and the turns around a given one. Used to
+index a turn with the turns before it and to show a hit's neighbours."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
-from typing import cast
 
-from lightmem_mcp.records import FoundPoint, RecordFilter, Scope
+from lightmem_mcp.records import Order, RecordFilter, Scope, Turn
 from lightmem_mcp.store import VectorStore
 
 # Most turns read around one point in time; ties in event time (a session stored with one date)
-# are ordered by when and in which position they were stored.
+# are ordered by when and in which position they were stored (`Record.order`).
 _MAX_READ = 512
 # Turns read to find the few said just before a new one.
 _NEWEST = 16
 
 
-def order_key(payload: Mapping[str, object]) -> tuple[float, float, int]:
-    """When it was said, then when it was stored, then its place in that add_memory call."""
-    return (
-        float(cast(float, payload["event_ts"])),
-        float(cast(float, payload.get("created_ts") or 0.0)),
-        int(cast(int, payload.get("position") or 0)),
-    )
-
-
-def scope_of(payload: Mapping[str, object]) -> Scope:
-    """The exact scope a record was stored in."""
-    return Scope(
-        str(payload["user_id"]),
-        cast(str | None, payload.get("agent_id")),
-        cast(str | None, payload.get("session_id")),
-    )
-
-
-def same_session(earlier: Mapping[str, object], later: Mapping[str, object], gap_s: float) -> bool:
+def same_session(earlier_ts: float, later_ts: float, gap_s: float) -> bool:
     """Consecutive turns belong to one session unless more than `gap_s` seconds separate them."""
-    return float(cast(float, later["event_ts"])) - float(cast(float, earlier["event_ts"])) <= gap_s
+    return later_ts - earlier_ts <= gap_s
 
 
-def session_run(turns: Sequence[FoundPoint], index: int, before: int, after: int, gap_s: float) -> list[FoundPoint]:
+def session_run(turns: Sequence[Turn], index: int, before: int, after: int, gap_s: float) -> list[Turn]:
     """Up to `before` and `after` turns around `turns[index]` (in conversation order), stopping at a
     session break."""
     start = index
-    while start > 0 and index - start < before and same_session(turns[start - 1].payload, turns[start].payload, gap_s):
+    while (
+        start > 0 and index - start < before and same_session(turns[start - 1].event_ts, turns[start].event_ts, gap_s)
+    ):
         start -= 1
     end = index
     while (
-        end + 1 < len(turns) and end - index < after and same_session(turns[end].payload, turns[end + 1].payload, gap_s)
+        end + 1 < len(turns)
+        and end - index < after
+        and same_session(turns[end].event_ts, turns[end + 1].event_ts, gap_s)
     ):
         end += 1
     return list(turns[start : end + 1])
 
 
-def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: float) -> list[FoundPoint]:
+def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: float) -> list[Turn]:
     """The turns of exactly this scope said between the two times, in conversation order."""
     where = RecordFilter(
         scope.user_id,
@@ -65,17 +50,17 @@ def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: floa
         until_ts=until_ts,
         exact_scope=True,
     )
-    return sorted(store.scroll(where, _MAX_READ), key=lambda p: order_key(p.payload))
+    return sorted((Turn.read(p) for p in store.scroll(where, _MAX_READ)), key=lambda t: t.order)
 
 
 def preceding(
     store: VectorStore,
     scope: Scope,
-    key: tuple[float, float, int],
+    key: Order,
     count: int,
     gap_s: float,
     exclude: Collection[str] = (),
-) -> list[FoundPoint]:
+) -> list[Turn]:
     """Up to `count` turns of the scope's conversation that came right before `key`, oldest first,
     within the same session; records in `exclude` (those being rewritten) are passed over."""
     if count <= 0:
@@ -93,26 +78,22 @@ def preceding(
     # The newest few by event time are enough, unless they all share one time (a session stored
     # with one date): then read every turn of that time, to order them by when they were stored.
     limit = min(_NEWEST + len(exclude), _MAX_READ)
-    newest = store.scroll(where, limit)
-    times = {float(cast(float, p.payload["event_ts"])) for p in newest}
+    newest = [Turn.read(p) for p in store.scroll(where, limit)]
+    times = {turn.event_ts for turn in newest}
     if len(newest) == limit and len(times) == 1:
         tied = times.pop()
-        newest = store.scroll(replace(where, since_ts=tied, until_ts=tied), _MAX_READ)
-    near = sorted(newest, key=lambda p: order_key(p.payload))
-    earlier = [p for p in near if order_key(p.payload) < key and p.id not in exclude]
-    tail = session_tail([p.payload for p in earlier], {"event_ts": event_ts}, count, gap_s)
-    return earlier[len(earlier) - len(tail) :]
+        newest = [Turn.read(p) for p in store.scroll(replace(where, since_ts=tied, until_ts=tied), _MAX_READ)]
+    earlier = sorted((t for t in newest if t.order < key and t.id not in exclude), key=lambda t: t.order)
+    return session_tail(earlier, event_ts, count, gap_s)
 
 
-def session_tail(
-    earlier: Sequence[Mapping[str, object]], later: Mapping[str, object], count: int, gap_s: float
-) -> list[Mapping[str, object]]:
+def session_tail(earlier: Sequence[Turn], later_ts: float, count: int, gap_s: float) -> list[Turn]:
     """The last `count` of `earlier` (in conversation order) that run on, without a session break,
-    into `later`; oldest first."""
-    run: list[Mapping[str, object]] = []
+    into a turn said at `later_ts`; oldest first."""
+    run: list[Turn] = []
     for candidate in reversed(earlier):
-        if len(run) == count or not same_session(candidate, later, gap_s):
+        if len(run) == count or not same_session(candidate.event_ts, later_ts, gap_s):
             break
         run.append(candidate)
-        later = candidate
+        later_ts = candidate.event_ts
     return run[::-1]

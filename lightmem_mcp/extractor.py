@@ -9,13 +9,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from lightmem_mcp.llm import LLMCall, LLMClient
+from lightmem_mcp.llm import LLMClient
+from lightmem_mcp.records import LLMCall, Scope, Turn
+from lightmem_mcp.timestamps import from_epoch
 
 log = logging.getLogger(__name__)
 
-PURPOSE = "extraction"
+EXTRACTION_PURPOSE = "extraction"
 
-SYSTEM_PROMPT = """\
+EXTRACTION_PROMPT = """\
 You turn conversations into long-term memories. The messages below are grouped by topic and \
 numbered; each carries the time it was written and who wrote it.
 
@@ -62,6 +64,20 @@ class BufferedTurn:
     event_time: datetime
     topic_id: str
 
+    @classmethod
+    def of(cls, turn: Turn, topic_id: str = "", said: bool = False) -> BufferedTurn:
+        """A stored turn as sent to extraction: its stored (compressed) text, or with `said` its words
+        as the person wrote them."""
+        return cls(
+            record_id=turn.id,
+            message_id=turn.message_id,
+            role=turn.role or "user",
+            speaker=turn.speaker,
+            text=turn.said if said else turn.text,
+            event_time=from_epoch(turn.event_ts),
+            topic_id=topic_id,
+        )
+
 
 @dataclass(frozen=True)
 class DraftFact:
@@ -77,10 +93,17 @@ class FactExtractor:
     def __init__(self, llm: LLMClient) -> None:
         self._llm = llm
 
-    def extract(self, segments: Sequence[Sequence[BufferedTurn]]) -> tuple[list[DraftFact], LLMCall]:
-        """Facts from a batch of segments, in one LLM call; raises the client's error on failure."""
+    def extract(self, scope: Scope, segments: Sequence[Sequence[BufferedTurn]]) -> tuple[list[DraftFact], LLMCall]:
+        """Facts from a batch of segments of the scope, in one LLM call; raises the client's error on failure."""
         numbered = [turn for segment in segments for turn in segment]
-        result = self._llm.complete_json(PURPOSE, SYSTEM_PROMPT, render(segments), ExtractionAnswer)
+        result = self._llm.complete_json(
+            EXTRACTION_PURPOSE,
+            EXTRACTION_PROMPT,
+            render_batch(segments),
+            ExtractionAnswer,
+            scope=scope,
+            turns=len(numbered),
+        )
         drafts = []
         for item in result.value.facts:
             sources = tuple(dict.fromkeys(numbered[n - 1] for n in item.sources if 1 <= n <= len(numbered)))
@@ -92,7 +115,7 @@ class FactExtractor:
         return drafts, result.call
 
 
-def render(segments: Sequence[Sequence[BufferedTurn]]) -> str:
+def render_batch(segments: Sequence[Sequence[BufferedTurn]]) -> str:
     """The user prompt: numbered messages under one heading per topic."""
     lines = []
     number = 0

@@ -57,7 +57,7 @@ from lightmem_mcp.config import HttpSettings, Settings
 from lightmem_mcp.jsonrpc import Refusal, id_refusal
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
-from lightmem_mcp.records import RecordFilter, Scope
+from lightmem_mcp.records import RecordFilter
 from lightmem_mcp.server import MemoryProvider, build_server
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
     """The HTTP app for `transport`; raises `ConfigError` when the auth settings are unusable."""
     http = settings.http
     metrics = Metrics()
-    memory_provider = provider or MemoryProvider(settings, lambda s: _open_memory(s, metrics))
+    memory_provider = provider or MemoryProvider(settings, lambda s: Memory.open(s, observers=[metrics]))
     verifier = build_verifier(settings.auth)
     if verifier is None and not _is_loopback(http.host):
         print(
@@ -154,7 +154,7 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     async def metrics_page(_: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     app = Starlette(
         routes=[
@@ -166,21 +166,6 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
         lifespan=lifespan,
     )
     return HostedApp(app, metrics)
-
-
-def _open_memory(settings: Settings, metrics: Metrics) -> Memory:
-    memory = Memory.open(settings)
-    memory.on_turns = metrics.turns_stored
-    memory.ledger.listen(metrics.llm_called)
-    also_told = memory.buffer.on_facts
-
-    def on_facts(scope: Scope, count: int) -> None:
-        metrics.facts_stored(count)
-        if also_told is not None:
-            also_told(scope, count)
-
-    memory.buffer.on_facts = on_facts
-    return memory
 
 
 async def readiness(provider: MemoryProvider, settings: Settings) -> dict[str, dict[str, Any]]:

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from lightmem_mcp.config import LLMSettings
 from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.records import LLMCall, Scope, Usage
 
 if TYPE_CHECKING:
     from openai import APIStatusError, OpenAI
@@ -44,45 +45,6 @@ class LLMError(BackendUnavailable):
         super().__init__(message)
         self.call = call
         self.retryable = retryable
-
-
-class Usage(BaseModel):
-    """Tokens one or more attempts cost, as the API reported them."""
-
-    model_config = ConfigDict(frozen=True)
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            cached_tokens=self.cached_tokens + other.cached_tokens,
-        )
-
-
-class LLMCall(BaseModel):
-    """One logical LLM call, all its attempts together: what it cost and how it ended."""
-
-    model_config = ConfigDict(frozen=True)
-
-    call_id: str
-    purpose: str
-    provider: str
-    model: str
-    usage: Usage
-    attempts: int
-    seconds: float
-    started_at: datetime
-    ok: bool
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,8 +113,12 @@ class LLMClient:
                 self._sdk.close()
                 self._sdk = None
 
-    def complete_json(self, purpose: str, system: str, user: str, schema: type[T]) -> LLMResult[T]:
-        """One JSON-mode chat completion parsed into `schema`, retried on outages and bad answers."""
+    def complete_json(
+        self, purpose: str, system: str, user: str, schema: type[T], *, scope: Scope | None = None, turns: int = 0
+    ) -> LLMResult[T]:
+        """One JSON-mode chat completion parsed into `schema`, retried on outages and bad answers. The
+        call, answered or not, is handed to `on_call` with the scope it was made for and the turns it
+        took (the usage ledger)."""
         if "json" not in (system + user).lower():
             # JSON mode requires it: DeepSeek and OpenAI answer 400 otherwise.
             raise ValueError("the prompt must mention JSON for JSON mode")
@@ -174,6 +140,8 @@ class LLMClient:
                 started_at=started_at,
                 ok=ok,
                 error=error,
+                scope=scope,
+                turns=turns,
             )
             if self._on_call is not None:
                 try:

@@ -7,21 +7,46 @@ import binascii
 import json
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TextIO, cast
+from typing import TextIO
 
-from lightmem_mcp.buffer import FlushResult, ShortTermBuffer
+from lightmem_mcp.api import (
+    AddResult,
+    ConsolidateResult,
+    ContextWindow,
+    DeleteResult,
+    ExportResult,
+    FlushResult,
+    GetResult,
+    HistoryEntry,
+    HistoryResult,
+    ImportResult,
+    ListResult,
+    MemoryRecord,
+    Message,
+    Progress,
+    RecallResult,
+    SearchFilters,
+    SearchHit,
+    SearchResult,
+    StatsResult,
+    SummarizeResult,
+    Window,
+    WindowTurn,
+)
+from lightmem_mcp.buffer import ShortTermBuffer
 from lightmem_mcp.compressor import Compression, Compressor
 from lightmem_mcp.config import SearchMode, Settings
-from lightmem_mcp.consolidate import ConsolidateResult, Consolidator, HistoryEntry, HistoryResult, Progress
-from lightmem_mcp.conversation import order_key, preceding, scope_of, session_run, session_tail, turns_near
+from lightmem_mcp.consolidate import Consolidator
+from lightmem_mcp.conversation import preceding, session_run, session_tail, turns_near
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
+from lightmem_mcp.events import MemoryObserver, Observers
 from lightmem_mcp.extractor import FactExtractor
 from lightmem_mcp.fusion import Ranking, fuse
-from lightmem_mcp.indexing import CONTEXT_TURNS, SHORT_TURN_WORDS, Indexer, context_line, said
+from lightmem_mcp.indexing import CONTEXT_TURNS, RecordWriter, context_line, is_long, store_layout
 from lightmem_mcp.lease import RedisLeases, open_leases
 from lightmem_mcp.ledger import UsageLedger
 from lightmem_mcp.lexical import LexicalEncoder
@@ -32,40 +57,31 @@ from lightmem_mcp.recall import (
     MAX_RECALL_TOKENS,
     MIN_RECALL_TOKENS,
     RECALL_CANDIDATES,
-    RecallResult,
     pack,
 )
 from lightmem_mcp.records import (
     KINDS,
-    AddResult,
-    ContextWindow,
-    DeleteResult,
+    SPEAKER_FIELD,
+    Fact,
     FoundPoint,
-    GetResult,
     Kind,
-    ListResult,
-    MemoryRecord,
-    Message,
+    Record,
     RecordFilter,
     Scope,
-    SearchFilters,
-    SearchHit,
-    SearchResult,
-    WindowTurn,
+    Turn,
     is_blank,
-    record_id,
-    record_payload,
+    view,
 )
 from lightmem_mcp.redact import SecretRedactor
 from lightmem_mcp.reindex import reindex_store
 from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.sleep import SleepSchedule
-from lightmem_mcp.stats import StatsResult, collect_stats
+from lightmem_mcp.stats import collect_stats
 from lightmem_mcp.store import VectorStore, open_store
-from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
-from lightmem_mcp.summarize import Summarizer, SummarizeResult, Window
+from lightmem_mcp.store.schema import StoreLayout
+from lightmem_mcp.summarize import Summarizer
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
-from lightmem_mcp.transfer import ExportResult, ImportResult, export_points, import_points
+from lightmem_mcp.transfer import export_points, import_points
 
 _MAX_SCOPE_ID = 256
 _MAX_VERSIONS = 100
@@ -83,69 +99,73 @@ class Memory:
         store: VectorStore,
         lexical: LexicalEncoder,
         compressor: Compressor | None = None,
-        llm: LLMClient | None = None,
+        observers: Sequence[MemoryObserver] = (),
     ) -> None:
+        """Wire the stages over an open store: the one place that does (see `open` and `open_idle`)."""
         self._settings = settings
         self._limits = settings.limits
         self.redactor = SecretRedactor(settings.redaction)
         self.embedder = embedder
         self.store = store
         self.lexical = lexical
-        self.indexer = Indexer(embedder, lexical)
+        self.writer = RecordWriter(store, embedder, lexical)
         self.reindexed = 0  # records rewritten at open for this version's index (see reindex)
         self.compressor = compressor or Compressor(settings.compression)
-        self.llm = llm or LLMClient(settings.llm)
+        # Told every stored turn, written fact and LLM call: the usage ledger first, then the
+        # sleep-time schedule, then the caller's observers (hosted mode's metrics).
+        self.events = Observers()
         self.ledger = UsageLedger(store)
-        # Told the payloads of the turns each add stored (hosted mode's metrics).
-        self.on_turns: Callable[[Sequence[dict[str, object]]], None] | None = None
+        self.events.add(self.ledger)
+        self.llm = LLMClient(settings.llm, on_call=self.events.llm_called)
+        # Leases: one replica at a time extracts or consolidates a scope (Redis when replicas share a store).
+        self.leases = open_leases(settings.leases)
+        lease_ttl_s = settings.leases.lease_ttl_s
         self._encoders = SegmentationEncoders(self.compressor, embedder)
         self.buffer = ShortTermBuffer(
             settings.pipeline,
             store,
+            self.writer,
             embedder,
-            lexical,
             TopicSegmenter(settings.pipeline, self._encoders.get),
             FactExtractor(self.llm) if self.llm.configured else None,
-            self.ledger,
-        )
-        # Leases: one replica at a time extracts or consolidates a scope (Redis when replicas share a store).
-        self.leases = open_leases(settings.leases)
-        self.buffer.leases = self.leases
-        self.buffer.lease_ttl_s = settings.leases.lease_ttl_s
-        self.consolidator = Consolidator(
-            settings.consolidation,
-            store,
-            embedder,
-            lexical,
-            self.llm,
-            self.ledger,
+            self.events,
             self.leases,
-            settings.leases.lease_ttl_s,
+            lease_ttl_s,
         )
-        self.summarizer = Summarizer(
-            settings.summary, store, embedder, lexical, self.llm, self.ledger, self.compressor.counter
+        self.consolidator = Consolidator(
+            settings.consolidation, store, self.writer, embedder, self.llm, self.leases, lease_ttl_s
         )
+        self.summarizer = Summarizer(settings.summary, store, self.writer, embedder, self.llm, self.compressor.counter)
         self.sleep = SleepSchedule(settings.sleep, store, self.consolidator, self.summarizer)
-        self.buffer.on_facts = self.sleep.facts_written
-        search = settings.search
-        self._ranking = Ranking.from_settings(search)
+        self.events.add(self.sleep)
+        for observer in observers:
+            self.events.add(observer)
+        self._ranking = Ranking.from_settings(settings.search)
 
     @classmethod
-    def open(cls, settings: Settings) -> Memory:
-        """Load the embedder and open the configured store (blocking: seconds on first load)."""
-        embedder = SentenceTransformerEmbedder(settings.embedding)
-        lexical = LexicalEncoder()
-        layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
-        store = open_store(settings.store, layout)
+    def open(cls, settings: Settings, observers: Sequence[MemoryObserver] = ()) -> Memory:
+        """The serving memory: load the embedder, open the configured store, and start the background
+        work (compressor load, extraction of buffers filled before a restart, sleep-time schedule).
+        Blocking: seconds on first load."""
+        embedder, lexical, store = _open(settings)
         compressor = Compressor(settings.compression)
         # The LLMLingua-2 model may take minutes to download; until it is ready, messages are
         # stored uncompressed (marked "loading") rather than kept waiting.
         threading.Thread(target=compressor.load, name="lightmem-compressor", daemon=True).start()
-        memory = cls(settings, embedder, store, lexical, compressor, LLMClient(settings.llm))
+        memory = cls(settings, embedder, store, lexical, compressor, observers)
         memory.reindex()
         memory.buffer.resume()  # a restart picks up buffers that filled before it
         if memory.llm.configured:
             memory.sleep.start()
+        return memory
+
+    @classmethod
+    def open_idle(cls, settings: Settings, reindex_batch: int = 64) -> Memory:
+        """The embedder and the store only: no compressor load, no background extraction or sleep-time
+        work. For export, import and other offline maintenance."""
+        embedder, lexical, store = _open(settings)
+        memory = cls(settings, embedder, store, lexical)
+        memory.reindex(reindex_batch)
         return memory
 
     def close(self) -> None:
@@ -203,57 +223,54 @@ class Memory:
             prepared.append((message_id, message, event_time))
 
         shrunk = self._compress([message for _, message, _ in prepared])
-        records: list[tuple[str, dict[str, object]]] = []
+        turns: list[Turn] = []
         for position, ((message_id, message, event_time), (text, before, after, how)) in enumerate(
             zip(prepared, shrunk, strict=True)
         ):
-            payload = record_payload(
-                scope,
-                "turn",
-                text,
-                role=message.role,
-                speaker=message.name,
-                source_ids=[message_id],
-                event_time=event_time,
-                stored_at=stored_at,
+            extracted = self.buffer.active and self.buffer.feeds_extraction(message.role)
+            turns.append(
+                Turn.new(
+                    scope,
+                    message_id,
+                    text,
+                    original_text=message.content,
+                    role=message.role,
+                    speaker=message.name,
+                    event_time=event_time,
+                    stored_at=stored_at,
+                    position=position,
+                    stage="pending" if extracted else "skipped",
+                    tokens_original=before,
+                    tokens_compressed=after,
+                    compression=how,
+                    redactions=redactions[position],
+                )
             )
-            payload.update(
-                original_text=message.content,
-                tokens_original=before,
-                tokens_compressed=after,
-                compression=how,
-                stage="pending" if self.buffer.active and self.buffer.uses(message.role) else "skipped",
-                position=position,
-                redactions=redactions[position],
-            )
-            records.append((record_id(scope, "turn", message_id), payload))
-        self._add_context(scope, records)
-        points = self.indexer.points(records)
-        self.store.upsert(points)
-        if self.on_turns is not None:
-            self.on_turns([point.payload for point in points])
+        turns = self._with_context(scope, turns)
+        self.writer.write(turns)
+        self.events.turns_stored(turns)
         self.buffer.notify(scope)
-        return AddResult(ids=[p.id for p in points], source_ids=[m for m, _, _ in prepared])
+        return AddResult(ids=[turn.id for turn in turns], source_ids=[m for m, _, _ in prepared])
 
-    def _add_context(self, scope: Scope, records: Sequence[tuple[str, dict[str, object]]]) -> None:
-        """Give each new turn the turns said just before it in its session (stored ones, then the
+    def _with_context(self, scope: Scope, turns: Sequence[Turn]) -> list[Turn]:
+        """Each new turn with the turns said just before it in its session (stored ones, then the
         earlier messages of this call), as the `context` its index text carries."""
         gap_s = self._settings.search.session_gap_minutes * 60
-        ids = {record_id for record_id, _ in records}
-        first = order_key(records[0][1])
-        earlier: list[Mapping[str, object]] = [
-            p.payload for p in preceding(self.store, scope, first, CONTEXT_TURNS, gap_s, exclude=ids)
-        ]
-        for _, payload in records:
-            payload["context"] = [context_line(p) for p in session_tail(earlier, payload, CONTEXT_TURNS, gap_s)]
-            earlier.append(payload)
+        ids = {turn.id for turn in turns}
+        earlier = preceding(self.store, scope, turns[0].order, CONTEXT_TURNS, gap_s, exclude=ids)
+        written: list[Turn] = []
+        for turn in turns:
+            before = session_tail(earlier, turn.event_ts, CONTEXT_TURNS, gap_s)
+            written.append(turn.with_context([context_line(t) for t in before]))
+            earlier.append(turn)
+        return written
 
     def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:
         """(text, tokens before, tokens after, how) per message. Only messages of the roles that feed
         extraction (`messages_use`) are compressed, LLM or not: compression exists to cut LLM
         tokens, and costs a model pass."""
         loading = self.compressor.status == "not_loaded"
-        chosen = [] if loading else [i for i, m in enumerate(messages) if self.buffer.uses(m.role)]
+        chosen = [] if loading else [i for i, m in enumerate(messages) if self.buffer.feeds_extraction(m.role)]
         done = dict(zip(chosen, self.compressor.compress_many([messages[i].content for i in chosen]), strict=True))
         counts = self.compressor.counter.count_many([m.content for i, m in enumerate(messages) if i not in done])
         rest = iter(counts)
@@ -264,7 +281,7 @@ class Memory:
                 shrunk.append((c.text, c.original_tokens, c.compressed_tokens, c.skipped_reason or "applied"))
             else:
                 tokens = next(rest)
-                why = "loading" if loading and self.buffer.uses(message.role) else "not_extracted"
+                why = "loading" if loading and self.buffer.feeds_extraction(message.role) else "not_extracted"
                 shrunk.append((message.content, tokens, tokens, why))
         return shrunk
 
@@ -321,30 +338,29 @@ class Memory:
         versions = dict(found)
         frontier = [record]
         while frontier and len(versions) < _MAX_VERSIONS:
-            payloads = [versions[i].payload for i in frontier]
-            linked = {str(i) for p in payloads for i in cast(list[str], p.get("supersedes") or [])}
-            linked |= {str(p["superseded_by"]) for p in payloads if p.get("superseded_by")}
+            edges = [versions[i] for i in frontier]
+            linked = {i for version in edges if isinstance(version, Fact) for i in version.supersedes}
+            linked |= {v.superseded_by for v in edges if v.superseded_by}
             where = RecordFilter(scope.user_id, kinds=KINDS, superseded_by=tuple(frontier))
-            replaced = {p.id: p for p in self.store.scroll(where, _MAX_VERSIONS)}
+            replaced = [view(p) for p in self.store.scroll(where, _MAX_VERSIONS)]
             linked -= versions.keys()
             fetched = (
                 self.store.scroll(RecordFilter(scope.user_id, kinds=KINDS, ids=tuple(linked)), _MAX_VERSIONS)
                 if linked
                 else []
             )
-            fresh = {p.id: p for p in [*fetched, *replaced.values()] if p.id not in versions}
+            fresh = {r.id: r for r in [*map(view, fetched), *replaced] if r.id not in versions}
             versions.update(fresh)
             frontier = list(fresh)
         changes: dict[tuple[str, str, str], HistoryEntry] = {}
-        for point in versions.values():
-            for raw in cast(list[dict[str, object]], point.payload.get("history") or []):
-                if raw.get("action") in ("update", "delete"):
-                    entry = HistoryEntry.model_validate(raw)
-                    changes[(entry.action, entry.target_id, entry.new_id)] = entry
-        ordered = sorted(versions.values(), key=lambda p: (float(cast(float, p.payload["created_ts"])), p.id))
+        for version in versions.values():
+            for raw in version.changes:
+                entry = HistoryEntry.model_validate(raw)
+                changes[(entry.action, entry.target_id, entry.new_id)] = entry
+        ordered = sorted(versions.values(), key=lambda r: (r.created_ts, r.id))
         return HistoryResult(
             id=record,
-            versions=[_record(p) for p in ordered],
+            versions=[_record(r) for r in ordered],
             changes=sorted(changes.values(), key=lambda e: e.time),
         )
 
@@ -380,19 +396,19 @@ class Memory:
         _check_context(context)
         ranking = self._ranking if mode is None else replace(self._ranking, mode=mode)
         found = self._rank(query, where, limit, ranking)
-        hits = [_hit(point) for point in found]
+        hits = [_hit(record) for record in found]
         if not context:
             return SearchResult(hits=hits)
         windows: list[ContextWindow] = []
-        read: dict[tuple[Scope, float, float], list[FoundPoint]] = {}
-        for run, members in _merged([(i, self._window(p, context, read)) for i, p in enumerate(found)]):
+        read: dict[tuple[Scope, float, float], list[Turn]] = {}
+        for run, members in _merged([(i, self._window(r, context, read)) for i, r in enumerate(found)]):
             hit_ids = {found[i].id for i in members}
             for i in members:
                 hits[i].window = len(windows)
             windows.append(
                 ContextWindow(
-                    session_id=cast(str | None, run[0].payload.get("session_id")),
-                    turns=[_window_turn(p, p.id in hit_ids) for p in run],
+                    session_id=run[0].scope.session_id,
+                    turns=[_window_turn(turn, turn.id in hit_ids) for turn in run],
                     hits=members,
                 )
             )
@@ -421,10 +437,10 @@ class Memory:
         shrink = None
         if compress and self.compressor.status == "ready":
             shrink = self._shrink
-        read: dict[tuple[Scope, float, float], list[FoundPoint]] = {}
+        read: dict[tuple[Scope, float, float], list[Turn]] = {}
         return pack(
             found,
-            lambda point: _short_neighbours(self._window(point, context, read), point) if context else [point],
+            lambda hit: _short_neighbours(self._window(hit, context, read), hit) if context else [hit],
             max_tokens,
             self.compressor.counter.count,
             self._settings.search.session_gap_minutes * 60,
@@ -442,12 +458,12 @@ class Memory:
             raise InvalidInput("query", f"longer than {self._limits.max_message_chars} characters: shorten it")
         return self._where(scope, filters)
 
-    def _rank(self, query: str, where: RecordFilter, limit: int, ranking: Ranking) -> list[FoundPoint]:
+    def _rank(self, query: str, where: RecordFilter, limit: int, ranking: Ranking) -> list[Record]:
         """The best `limit` records, with payloads and scores: each arm ranks `candidates` records
         without payload, the fusion orders them, and only the winners are read."""
         depth = limit if ranking.mode != "hybrid" else max(ranking.candidates, limit)
         dense: list[FoundPoint] = []
-        sparse: list[FoundPoint] = []
+        sparse: list[FoundPoint] = []  # ids and scores only
         if ranking.mode != "sparse":
             dense = self.store.nearest(self.embedder.embed_query(query), where, depth, with_payload=False)
         terms = self.lexical.query_terms(query) if ranking.mode != "dense" else []
@@ -464,7 +480,7 @@ class Memory:
             return []
         ids = tuple(point_id for point_id, _ in ranked)
         read = {p.id: p for p in self.store.scroll(replace(where, ids=ids), len(ids))}
-        return [FoundPoint(i, read[i].payload, score) for i, score in ranked if i in read]
+        return [replace(view(read[i]), score=score) for i, score in ranked if i in read]
 
     def names_speaker(self, query: str, scope: Scope) -> bool:
         """Whether the query names someone who speaks in the scope's memories; hybrid search then
@@ -474,28 +490,25 @@ class Memory:
     def _names_speaker(self, terms: Sequence[int], where: RecordFilter) -> bool:
         if not terms:
             return False
-        speakers = self.store.values("speaker", RecordFilter(where.user_id, where.agent_id), _MAX_SPEAKERS)
+        speakers = self.store.values(SPEAKER_FIELD, RecordFilter(where.user_id, where.agent_id), _MAX_SPEAKERS)
         named = {term for name in speakers for term in self.lexical.query_terms(name)}
         return not named.isdisjoint(terms)
 
-    def _window(
-        self, point: FoundPoint, context: int, read: dict[tuple[Scope, float, float], list[FoundPoint]]
-    ) -> list[FoundPoint]:
+    def _window(self, hit: Record, context: int, read: dict[tuple[Scope, float, float], list[Turn]]) -> list[Record]:
         """The hit and up to `context` turns before and after it in its session; just the hit when it
         is not a turn. `read` keeps the turns already read for this call: hits cluster in sessions."""
-        if point.payload.get("kind") != "turn":
-            return [point]
+        if not isinstance(hit, Turn):
+            return [hit]
         gap_s = self._settings.search.session_gap_minutes * 60
-        event_ts = float(cast(float, point.payload["event_ts"]))
         span = context * gap_s
-        key = (scope_of(point.payload), event_ts - span, event_ts + span)
+        key = (hit.scope, hit.event_ts - span, hit.event_ts + span)
         if key not in read:
             read[key] = turns_near(self.store, *key)
         near = read[key]
-        index = next((i for i, p in enumerate(near) if p.id == point.id), None)
+        index = next((i for i, turn in enumerate(near) if turn.id == hit.id), None)
         if index is None:  # deleted between the ranking and now
-            return [point]
-        return session_run(near, index, context, context, gap_s)
+            return [hit]
+        return list(session_run(near, index, context, context, gap_s))
 
     def get(self, ids: Sequence[str], scope: Scope) -> GetResult:
         """Records by id; ids outside the scope are reported missing, never revealed."""
@@ -524,18 +537,18 @@ class Memory:
             kinds=tuple(kinds or KINDS),
             statuses=() if include_superseded else ("active",),
         )
-        page = self.store.scroll(where, limit + 1, before_ts, skip)
+        page = [view(p) for p in self.store.scroll(where, limit + 1, before_ts, skip)]
         more = len(page) > limit
         page = page[:limit]
         next_cursor = None
         if more and page:
-            last_ts = _event_ts(page[-1])
+            last_ts = page[-1].event_ts
             # Records sharing the boundary time are skipped by id, so ties never repeat or vanish.
-            tied = [p.id for p in page if _event_ts(p) == last_ts]
+            tied = [r.id for r in page if r.event_ts == last_ts]
             if before_ts == last_ts:
                 tied = skip + tied
             next_cursor = _encode_cursor(last_ts, tied)
-        return ListResult(records=[_record(p) for p in page], next_cursor=next_cursor)
+        return ListResult(records=[_record(r) for r in page], next_cursor=next_cursor)
 
     def count(self, scope: Scope) -> int:
         """How many records the scope holds."""
@@ -570,7 +583,7 @@ class Memory:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _fetch(self, ids: Sequence[str], scope: Scope) -> dict[str, FoundPoint]:
+    def _fetch(self, ids: Sequence[str], scope: Scope) -> dict[str, Record]:
         _check_scope(scope)
         if not ids:
             raise InvalidInput("ids", "empty list: give at least one memory id")
@@ -587,7 +600,7 @@ class Memory:
                 ) from None
         unique = tuple(dict.fromkeys(ids))
         where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, ids=unique)
-        return {p.id: p for p in self.store.scroll(where, len(unique))}
+        return {p.id: view(p) for p in self.store.scroll(where, len(unique))}
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
         filters = filters or SearchFilters()
@@ -612,21 +625,10 @@ class Memory:
 
     # -- accounting and transfer ---------------------------------------------------------
 
-    @classmethod
-    def open_idle(cls, settings: Settings, reindex_batch: int = 64) -> Memory:
-        """The embedder and the store only: no compressor load, no background extraction or sleep-time
-        work. For export, import and other offline maintenance."""
-        embedder = SentenceTransformerEmbedder(settings.embedding)
-        lexical = LexicalEncoder()
-        layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
-        memory = cls(settings, embedder, open_store(settings.store, layout), lexical)
-        memory.reindex(reindex_batch)
-        return memory
-
     def reindex(self, batch: int = 64) -> None:
         """Re-index a store written by an older lightmem-mcp (resumable); `reindexed` says how many records."""
         gap_s = self._settings.search.session_gap_minutes * 60
-        self.reindexed = reindex_store(self.store, self.indexer, gap_s, batch)
+        self.reindexed = reindex_store(self.store, self.writer, gap_s, batch)
 
     def stats(self, scope: Scope) -> StatsResult:
         """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
@@ -641,10 +643,17 @@ class Memory:
 
     def import_records(self, source: TextIO) -> ImportResult:
         """Restore an export: validated whole first, then upserted with the same ids, re-embedded when needed."""
-        return import_points(self.store, self.embedder, self.lexical, source, self._limits, self.redactor)
+        return import_points(self.store, self.writer, self._layout(), source, self._limits, self.redactor)
 
     def _layout(self) -> StoreLayout:
-        return StoreLayout(SCHEMA_VERSION, self.embedder.dimension, self.embedder.id, self.lexical.id)
+        return store_layout(self.embedder, self.lexical)
+
+
+def _open(settings: Settings) -> tuple[Embedder, LexicalEncoder, VectorStore]:
+    """The embedder, the lexical encoder and the configured store laid out for them."""
+    embedder = SentenceTransformerEmbedder(settings.embedding)
+    lexical = LexicalEncoder()
+    return embedder, lexical, open_store(settings.store, store_layout(embedder, lexical))
 
 
 def _check_scope(scope: Scope) -> None:
@@ -666,9 +675,9 @@ def _check_context(context: int) -> None:
         raise InvalidInput("context", f"{context} is out of range: use 0 (no window) to {MAX_CONTEXT} turns each side")
 
 
-def _short_neighbours(run: list[FoundPoint], hit: FoundPoint) -> list[FoundPoint]:
-    """The part of a window around the hit whose other turns are short (`SHORT_TURN_WORDS`)."""
-    index = next(i for i, p in enumerate(run) if p.id == hit.id)
+def _short_neighbours(run: list[Record], hit: Record) -> list[Record]:
+    """The part of a window around the hit whose other turns are short (see `indexing.is_long`)."""
+    index = next(i for i, r in enumerate(run) if r.id == hit.id)
     start, end = index, index + 1
     while start > 0 and _is_short(run[start - 1]):
         start -= 1
@@ -677,17 +686,17 @@ def _short_neighbours(run: list[FoundPoint], hit: FoundPoint) -> list[FoundPoint
     return run[start:end]
 
 
-def _is_short(point: FoundPoint) -> bool:
-    return len(said(point.payload).split()) <= SHORT_TURN_WORDS
+def _is_short(record: Record) -> bool:
+    return isinstance(record, Turn) and not is_long(record)
 
 
-def _merged(spans: Sequence[tuple[int, list[FoundPoint]]]) -> list[tuple[list[FoundPoint], list[int]]]:
+def _merged(spans: Sequence[tuple[int, list[Record]]]) -> list[tuple[list[Turn], list[int]]]:
     """Windows that share a turn become one (in conversation order), listed by their best hit."""
-    merged: list[tuple[dict[str, FoundPoint], list[int]]] = []
+    merged: list[tuple[dict[str, Turn], list[int]]] = []
     for hit, run in spans:
-        if len(run) == 1 and run[0].payload.get("kind") != "turn":
+        turns = {r.id: r for r in run if isinstance(r, Turn)}
+        if not turns:
             continue  # facts and summaries have no window
-        turns = {p.id: p for p in run}
         overlapping = [m for m in merged if m[0].keys() & turns.keys()]
         for m in overlapping:
             merged.remove(m)
@@ -695,19 +704,18 @@ def _merged(spans: Sequence[tuple[int, list[FoundPoint]]]) -> list[tuple[list[Fo
         hits = sorted({hit, *(i for m in overlapping for i in m[1])})
         merged.append((turns, hits))
     merged.sort(key=lambda m: m[1][0])
-    return [(sorted(turns.values(), key=lambda p: order_key(p.payload)), hits) for turns, hits in merged]
+    return [(sorted(turns.values(), key=lambda t: t.order), hits) for turns, hits in merged]
 
 
-def _window_turn(point: FoundPoint, hit: bool) -> WindowTurn:
-    p = point.payload
+def _window_turn(turn: Turn, hit: bool) -> WindowTurn:
     return WindowTurn.model_validate(
         {
-            "id": point.id,
-            "source_ids": p.get("source_ids") or [],
-            "role": p.get("role"),
-            "speaker": p.get("speaker"),
-            "text": p["text"],
-            "event_time": p["event_time"],
+            "id": turn.id,
+            "source_ids": turn.source_ids,
+            "role": turn.role,
+            "speaker": turn.speaker,
+            "text": turn.text,
+            "event_time": turn.event_time,
             "hit": hit,
         }
     )
@@ -729,47 +737,42 @@ def _time_range(since: str | None, until: str | None, prefix: str = "") -> tuple
     return bounds[0], bounds[1]
 
 
-def _event_ts(point: FoundPoint) -> float:
-    return float(cast(float, point.payload["event_ts"]))
-
-
-def _record(point: FoundPoint) -> MemoryRecord:
-    p = point.payload
+def _record(record: Record) -> MemoryRecord:
+    scope = record.scope
     return MemoryRecord.model_validate(
         {
-            "id": point.id,
-            "kind": p["kind"],
-            "status": p["status"],
-            "superseded_by": p.get("superseded_by"),
-            "text": p["text"],
-            "original_text": p.get("original_text"),
-            "role": p.get("role"),
-            "speaker": p.get("speaker"),
-            "source_ids": p.get("source_ids") or [],
-            "user_id": p["user_id"],
-            "agent_id": p.get("agent_id"),
-            "session_id": p.get("session_id"),
-            "topic_id": p.get("topic_id"),
-            "event_time": p["event_time"],
-            "created_at": from_epoch(float(cast(float, p["created_ts"]))),
-            "updated_at": from_epoch(float(cast(float, p["updated_ts"]))),
+            "id": record.id,
+            "kind": record.kind,
+            "status": record.status,
+            "superseded_by": record.superseded_by,
+            "text": record.text,
+            "original_text": record.original_text if isinstance(record, Turn) else None,
+            "role": record.role,
+            "speaker": record.speaker,
+            "source_ids": record.source_ids,
+            "user_id": scope.user_id,
+            "agent_id": scope.agent_id,
+            "session_id": scope.session_id,
+            "topic_id": record.topic_id,
+            "event_time": record.event_time,
+            "created_at": from_epoch(record.created_ts),
+            "updated_at": from_epoch(record.updated_ts),
         }
     )
 
 
-def _hit(point: FoundPoint) -> SearchHit:
-    p = point.payload
+def _hit(record: Record) -> SearchHit:
     return SearchHit.model_validate(
         {
-            "id": point.id,
-            "kind": p["kind"],
-            "text": p["text"],
-            "score": point.score,
-            "event_time": p["event_time"],
-            "role": p.get("role"),
-            "speaker": p.get("speaker"),
-            "session_id": p.get("session_id"),
-            "source_ids": p.get("source_ids") or [],
+            "id": record.id,
+            "kind": record.kind,
+            "text": record.text,
+            "score": record.score,
+            "event_time": record.event_time,
+            "role": record.role,
+            "speaker": record.speaker,
+            "session_id": record.scope.session_id,
+            "source_ids": record.source_ids,
         }
     )
 

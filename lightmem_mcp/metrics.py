@@ -7,7 +7,7 @@ purposes from the code; never a user, tenant, agent or session id.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
@@ -22,7 +22,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from lightmem_mcp.llm import LLMCall
+from lightmem_mcp.events import MemoryObserver
+from lightmem_mcp.records import LLMCall, Scope, Turn
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version reads
 UNKNOWN_TOOL = "unknown"
@@ -32,8 +33,8 @@ _TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 _LLM_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 
-class Metrics:
-    """Every metric of one server process, in its own registry."""
+class Metrics(MemoryObserver):
+    """Every metric of one server process, in its own registry; observes what the memory stores and calls."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -100,7 +101,7 @@ class Metrics:
         """MCP requests being handled now (graceful shutdown waits for zero)."""
         return self._inflight
 
-    def render(self) -> bytes:
+    def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
@@ -121,26 +122,21 @@ class Metrics:
         self.tool_seconds.labels(label).observe(seconds)
 
     def llm_called(self, call: LLMCall) -> None:
-        """One LLM call ended (a `UsageLedger` listener)."""
+        """One LLM call ended, answered or not."""
         self.llm_calls.labels(call.purpose, "ok" if call.ok else "error").inc()
         self.llm_tokens.labels(call.purpose, "prompt").inc(call.usage.prompt_tokens)
         self.llm_tokens.labels(call.purpose, "completion").inc(call.usage.completion_tokens)
         self.llm_tokens.labels(call.purpose, "cached").inc(call.usage.cached_tokens)
         self.llm_seconds.labels(call.purpose).observe(call.seconds)
 
-    def turns_stored(self, payloads: Iterable[Mapping[str, object]]) -> None:
+    def turns_stored(self, turns: Sequence[Turn]) -> None:
         """Messages were stored: count them and their tokens before and after compression."""
-        count = original = compressed = 0
-        for payload in payloads:
-            count += 1
-            original += _int(payload.get("tokens_original"))
-            compressed += _int(payload.get("tokens_compressed"))
-        self.records_stored.labels("turn").inc(count)
-        self.turn_tokens.labels("original").inc(original)
-        self.turn_tokens.labels("compressed").inc(compressed)
+        self.records_stored.labels("turn").inc(len(turns))
+        self.turn_tokens.labels("original").inc(sum(turn.tokens_original for turn in turns))
+        self.turn_tokens.labels("compressed").inc(sum(turn.tokens_compressed for turn in turns))
 
-    def facts_stored(self, count: int) -> None:
-        """Extraction wrote `count` facts."""
+    def facts_stored(self, scope: Scope, count: int) -> None:
+        """Extraction wrote `count` facts (in any scope: labels carry no user data)."""
         self.records_stored.labels("fact").inc(count)
 
 
@@ -173,7 +169,3 @@ def _is_tool_error(result: HandlerResult) -> bool:
     if isinstance(result, CallToolResult):
         return bool(result.is_error)
     return isinstance(result, dict) and result.get("isError") is True
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) else 0

@@ -13,13 +13,10 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
 
-from pydantic import BaseModel, Field
-
-from lightmem_mcp.conversation import order_key, same_session
-from lightmem_mcp.indexing import speaker_label
-from lightmem_mcp.records import FoundPoint, Kind
+from lightmem_mcp.api import RecallBlock, RecallResult
+from lightmem_mcp.conversation import same_session
+from lightmem_mcp.records import Record, Scope, Turn
 
 DEFAULT_RECALL_TOKENS = 1000
 # Neighbouring turns taken on each side of a hit, when they are short (see Memory.recall).
@@ -30,48 +27,23 @@ MAX_RECALL_TOKENS = 32_000
 RECALL_CANDIDATES = 50
 
 
-class RecallBlock(BaseModel):
-    """The turns taken from one session (each line citing its message id), or one fact or summary,
-    as it appears in `context`."""
-
-    kind: Kind = Field(description="turn for the turns taken from one session, else fact or summary.")
-    session_id: str | None = None
-    start_time: datetime
-    end_time: datetime
-    ids: list[str] = Field(description="Record ids of what the block holds, for get_memory.")
-    source_ids: list[str] = Field(description="The message ids it cites.")
-    text: str
-
-
-class RecallResult(BaseModel):
-    """Packed context for a prompt, within the token budget."""
-
-    context: str = Field(description="The blocks in time order, ready to put in a prompt.")
-    tokens: int = Field(description="cl100k_base tokens of `context`; never more than max_tokens.")
-    max_tokens: int
-    blocks: list[RecallBlock]
-    hits_used: int = Field(description="Ranked hits whose record is in the context.")
-    hits_left_out: int = Field(description="Ranked hits that did not fit in the budget.")
-    compressed: bool = Field(description="Whether turn texts were compressed with LLMLingua-2 to fit more.")
-
-
 @dataclass
 class _Packing:
     """What has been taken so far, and which taken turns sit next to each other in their session."""
 
-    taken: dict[str, FoundPoint] = field(default_factory=dict)
+    taken: dict[str, Record] = field(default_factory=dict)
     adjacent: set[tuple[str, str]] = field(default_factory=set)
 
-    def with_run(self, run: Sequence[FoundPoint]) -> _Packing:
+    def with_run(self, run: Sequence[Record]) -> _Packing:
         taken = dict(self.taken)
-        taken.update((p.id, p) for p in run)
+        taken.update((r.id, r) for r in run)
         pairs = {(a.id, b.id) for a, b in itertools.pairwise(run)}
         return _Packing(taken, self.adjacent | pairs)
 
 
 def pack(
-    hits: Sequence[FoundPoint],
-    window: Callable[[FoundPoint], list[FoundPoint]],
+    hits: Sequence[Record],
+    window: Callable[[Record], Sequence[Record]],
     max_tokens: int,
     count: Callable[[str], int],
     session_gap_s: float,
@@ -87,10 +59,10 @@ def pack(
             used += 1
             continue
         run = window(hit)
-        fresh = [p for p in run if p.id not in texts]
+        fresh = [r for r in run if r.id not in texts]
         if shrink is not None and fresh:
-            texts.update(zip((p.id for p in fresh), shrink([_text(p) for p in fresh]), strict=True))
-        texts.update((p.id, _text(p)) for p in fresh if p.id not in texts)
+            texts.update(zip((r.id for r in fresh), shrink([r.text for r in fresh]), strict=True))
+        texts.update((r.id, r.text) for r in fresh if r.id not in texts)
         for option in (run, [hit]) if len(run) > 1 else ([hit],):
             trial = packing.with_run(option)
             blocks = _blocks(trial, texts, session_gap_s)
@@ -113,51 +85,43 @@ def pack(
     )
 
 
-def _text(point: FoundPoint) -> str:
-    return str(point.payload["text"])
-
-
 def _blocks(packing: _Packing, texts: dict[str, str], gap_s: float) -> list[RecallBlock]:
     """The turns taken from each session, and single facts / summaries, in time order."""
-    ordered = sorted(packing.taken.values(), key=lambda p: (order_key(p.payload), p.id))
-    groups: list[list[FoundPoint]] = []
-    open_sessions: dict[tuple[object, ...], list[FoundPoint]] = {}
-    for point in ordered:
-        if point.payload.get("kind") != "turn":
-            groups.append([point])
+    groups: list[list[Record]] = []
+    open_sessions: dict[Scope, list[Record]] = {}
+    for record in sorted(packing.taken.values(), key=lambda r: r.order):
+        if not isinstance(record, Turn):
+            groups.append([record])
             continue
-        key = tuple(point.payload.get(k) for k in ("user_id", "agent_id", "session_id"))
-        session = open_sessions.get(key)
-        if session is None or not same_session(session[-1].payload, point.payload, gap_s):
-            session = open_sessions[key] = []
+        session = open_sessions.get(record.scope)
+        if session is None or not same_session(session[-1].event_ts, record.event_ts, gap_s):
+            session = open_sessions[record.scope] = []
             groups.append(session)
-        session.append(point)
+        session.append(record)
     return [_block(group, texts, packing.adjacent) for group in groups]
 
 
-def _block(group: list[FoundPoint], texts: dict[str, str], adjacent: set[tuple[str, str]]) -> RecallBlock:
-    first = group[0].payload
-    kind = cast(Kind, first["kind"])
-    sources = list(dict.fromkeys(s for p in group for s in cast(list[str], p.payload.get("source_ids") or [])))
-    start = datetime.fromisoformat(str(first["event_time"]))
-    end = datetime.fromisoformat(str(group[-1].payload["event_time"]))
+def _block(group: list[Record], texts: dict[str, str], adjacent: set[tuple[str, str]]) -> RecallBlock:
+    first = group[0]
+    sources = list(dict.fromkeys(s for r in group for s in r.source_ids))
+    start = datetime.fromisoformat(first.event_time)
+    end = datetime.fromisoformat(group[-1].event_time)
     when = start.strftime("%Y-%m-%d %H:%M")
-    if kind == "turn":
-        session = f" | session {first['session_id']}" if first.get("session_id") else ""
+    if first.kind == "turn":
+        session = f" | session {first.scope.session_id}" if first.scope.session_id else ""
         lines = [f"[{when}{session}]"]
-        for previous, point in zip([None, *group], group, strict=False):
-            if previous is not None and (previous.id, point.id) not in adjacent:
+        for previous, record in zip([None, *group], group, strict=False):
+            if previous is not None and (previous.id, record.id) not in adjacent:
                 lines.append("…")
-            cited = " ".join(cast(list[str], point.payload.get("source_ids") or []))
-            lines.append(f"{cited} {speaker_label(point.payload)}: {texts[point.id]}")
+            lines.append(f"{' '.join(record.source_ids)} {record.label}: {texts[record.id]}")
     else:
-        lines = [f"[{kind} {when} | sources: {', '.join(sources)}]", *(texts[p.id] for p in group)]
+        lines = [f"[{first.kind} {when} | sources: {', '.join(sources)}]", *(texts[r.id] for r in group)]
     return RecallBlock(
-        kind=kind,
-        session_id=cast(str | None, first.get("session_id")),
+        kind=first.kind,
+        session_id=first.scope.session_id,
         start_time=start,
         end_time=end,
-        ids=[p.id for p in group],
+        ids=[r.id for r in group],
         source_ids=sources,
         text="\n".join(lines),
     )

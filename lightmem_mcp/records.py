@@ -1,22 +1,26 @@
-"""The memory data model: what callers send, what is stored, what comes back."""
+"""The stored data model: scopes, roles and kinds, store filters, points, and record ids and payloads.
+
+What MCP callers send and what comes back is in `lightmem_mcp.api`.
+"""
 
 from __future__ import annotations
 
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lightmem_mcp.timestamps import MAX_TIME_CHARS
+from lightmem_mcp.timestamps import from_epoch
 
 Role = Literal["user", "assistant", "system", "tool"]
 Kind = Literal["turn", "fact", "summary"]
 Status = Literal["active", "superseded", "deleted"]
 
-ROLES: tuple[Role, ...] = ("user", "assistant", "system", "tool")
 KINDS: tuple[Kind, ...] = ("turn", "fact", "summary")
 
 # Longest user, agent, session, message or record id, and speaker name.
@@ -34,35 +38,6 @@ def is_blank(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
-class Message(BaseModel):
-    """One conversation message to remember."""
-
-    # Strict: JSON types as the schema says ("1" is not a role, 1 is not a text).
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    role: Role = Field(description="Who spoke: user, assistant, system or tool.")
-    content: str = Field(
-        description="The message text, as said. Stored as sent, secrets (keys, tokens, passwords) redacted. "
-        "Not blank; at most LIGHTMEM_MAX_MESSAGE_CHARS characters (32,000 by default)."
-    )
-    id: ScopeId | None = Field(
-        default=None,
-        description=f"Your id for this message, at most {MAX_ID_CHARS} characters; search results cite it in "
-        "source_ids. Generated if absent.",
-    )
-    timestamp: str | None = Field(
-        default=None,
-        max_length=MAX_TIME_CHARS,
-        description="When it was said: ISO 8601 or '2023/05/20 (Sat) 00:44', at most "
-        f"{MAX_TIME_CHARS} characters. Defaults to now (UTC).",
-    )
-    name: str | None = Field(
-        default=None,
-        max_length=MAX_ID_CHARS,
-        description=f"Speaker name, when several people talk; at most {MAX_ID_CHARS} characters.",
-    )
-
-
 @dataclass(frozen=True)
 class Scope:
     """Whose memory: a user, optionally narrowed to one agent and one session."""
@@ -70,34 +45,6 @@ class Scope:
     user_id: str = "default"
     agent_id: str | None = None
     session_id: str | None = None
-
-
-class SearchFilters(BaseModel):
-    """Optional narrowing of a search; every field is ANDed."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    kinds: list[Kind] | None = Field(default=None, description="Only these kinds: turn, fact, summary.")
-    roles: list[Role] | None = Field(default=None, description="Only memories from these roles.")
-    speakers: list[Speaker] | None = Field(
-        default=None,
-        max_length=MAX_SPEAKERS,
-        description=f"Only memories from these speaker names: at most {MAX_SPEAKERS} names of at most "
-        f"{MAX_ID_CHARS} characters.",
-    )
-    since: str | None = Field(
-        default=None,
-        max_length=MAX_TIME_CHARS,
-        description=f"Only events at or after this time (ISO 8601, at most {MAX_TIME_CHARS} characters).",
-    )
-    until: str | None = Field(
-        default=None,
-        max_length=MAX_TIME_CHARS,
-        description=f"Only events at or before this time (ISO 8601, at most {MAX_TIME_CHARS} characters).",
-    )
-    include_superseded: bool = Field(
-        default=False, description="Also facts that newer facts updated or contradicted (see memory_history)."
-    )
 
 
 @dataclass(frozen=True)
@@ -182,119 +129,6 @@ class FoundPoint:
     dense: list[float] | None = None
 
 
-class MemoryRecord(BaseModel):
-    """A stored memory with its provenance."""
-
-    id: str = Field(description="Record id, for get_memory / delete_memory.")
-    kind: Kind = Field(description="turn (a stored message), fact (extracted) or summary.")
-    status: Status = Field(description="active, or superseded by a newer fact (see superseded_by).")
-    superseded_by: str | None = Field(default=None, description="The record that replaced this one.")
-    text: str = Field(description="The memory text.")
-    original_text: str | None = Field(default=None, description="For turns: the message as sent, secrets redacted.")
-    role: Role | None = None
-    speaker: str | None = None
-    source_ids: list[str] = Field(description="Ids of the messages this memory comes from.")
-    user_id: str
-    agent_id: str | None = None
-    session_id: str | None = None
-    topic_id: str | None = None
-    event_time: datetime = Field(description="When it happened (UTC).")
-    created_at: datetime
-    updated_at: datetime
-
-
-class SearchHit(BaseModel):
-    """One search result."""
-
-    id: str
-    kind: Kind
-    text: str
-    score: float = Field(description="Fused relevance; higher is better, comparable within one result list.")
-    event_time: datetime
-    role: Role | None = None
-    speaker: str | None = None
-    session_id: str | None = None
-    source_ids: list[str]
-    window: int | None = Field(
-        default=None, description="With context > 0: index in `windows` of the exchange around this hit."
-    )
-
-
-class WindowTurn(BaseModel):
-    """One turn of a context window."""
-
-    id: str = Field(description="Record id, for get_memory.")
-    source_ids: list[str] = Field(description="The message id of this turn.")
-    role: Role | None = None
-    speaker: str | None = None
-    text: str
-    event_time: datetime
-    hit: bool = Field(description="Whether this turn is itself one of the hits.")
-
-
-class ContextWindow(BaseModel):
-    """Consecutive turns of one session around one or more hits (overlapping windows merged)."""
-
-    session_id: str | None = None
-    turns: list[WindowTurn] = Field(description="In conversation order.")
-    hits: list[int] = Field(description="Indexes in `hits` of the hits this window surrounds.")
-
-
-class AddResult(BaseModel):
-    """What add_memory stored."""
-
-    ids: list[str] = Field(description="Record ids, one per message, in order.")
-    source_ids: list[str] = Field(description="Message ids (yours, or generated), one per message, in order.")
-
-
-class SearchResult(BaseModel):
-    """Search results, best first."""
-
-    hits: list[SearchHit]
-    windows: list[ContextWindow] = Field(
-        default_factory=list, description="With context > 0: the turns around the turn hits, best hit first."
-    )
-
-
-class GetResult(BaseModel):
-    """Records found by id; ids not in your scope are reported missing."""
-
-    records: list[MemoryRecord]
-    missing: list[str]
-
-
-class ListResult(BaseModel):
-    """One page of records, newest event first."""
-
-    records: list[MemoryRecord]
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
-
-
-class DeleteResult(BaseModel):
-    """What delete_memory removed."""
-
-    deleted: list[str]
-    missing: list[str]
-
-
-class CompressResult(BaseModel):
-    """Compressed text and what it saved."""
-
-    compressed_text: str
-    original_tokens: int
-    compressed_tokens: int
-    ratio: float = Field(description="compressed_tokens / original_tokens.")
-    model: str
-    device: str
-    milliseconds: float
-
-
-class ForgetResult(BaseModel):
-    """What forget removed."""
-
-    deleted_count: int
-
-
 # Record ids are derived from scope and content keys, so re-sending or re-extracting never duplicates.
 _ID_NAMESPACE = uuid.UUID("6f1c2a44-5f0e-4d4e-9a57-3c1f7d0e8b21")
 
@@ -333,3 +167,749 @@ def record_payload(
         "created_ts": stored_at.timestamp(),
         "updated_ts": stored_at.timestamp(),
     }
+
+
+# -- LLM calls ----------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    """Tokens one or more attempts cost, as the API reported them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+        )
+
+
+class LLMCall(BaseModel):
+    """One logical LLM call, all its attempts together: what it cost and how it ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call_id: str
+    purpose: str
+    provider: str
+    model: str
+    usage: Usage
+    attempts: int
+    seconds: float
+    started_at: datetime
+    ok: bool
+    error: str | None = None
+    # The scope the call was made for, and the turns it took (extraction): what the ledger records.
+    scope: Scope | None = None
+    turns: int = 0
+
+
+# -- stored records ----------------------------------------------------------------------------
+#
+# Every record is one store point whose payload holds its fields. The classes below are the only
+# code that names payload fields: each kind has its typed view (reading), its builder (`new`) and
+# the field updates the stages apply (`set_payload`). Stored payloads are read tolerantly, so a
+# store written by an older lightmem-mcp reads the same.
+
+LEDGER_KIND = "llm_call"
+# The payload field of speaker names, read as a facet to tell whether a query names one.
+SPEAKER_FIELD = "speaker"
+PROGRESS_KIND = "progress"
+
+# Stage of a turn: waiting for extraction, turned into facts, or kept as a memory only.
+TurnStage = Literal["pending", "extracted", "skipped"]
+# Stage of a fact: waiting for sleep-time consolidation, or consolidated.
+FactStage = Literal["extracted", "consolidated"]
+
+
+_KIND_NAMES: dict[str, Kind] = {kind: kind for kind in get_args(Kind)}
+_ROLE_NAMES: dict[str, Role] = {role: role for role in get_args(Role)}
+_STATUS_NAMES: dict[str, Status] = {status: status for status in get_args(Status)}
+
+
+def _text(payload: Mapping[str, object], key: str) -> str | None:
+    value = payload.get(key)
+    return None if value is None else str(value)
+
+
+def _number(payload: Mapping[str, object], key: str) -> float:
+    value = payload.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _count(payload: Mapping[str, object], key: str) -> int:
+    value = payload.get(key)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _strings(payload: Mapping[str, object], key: str) -> list[str]:
+    value = payload.get(key)
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _entries(payload: Mapping[str, object], key: str) -> list[dict[str, object]]:
+    value = payload.get(key)
+    return [dict(item) for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _scope_fields(scope: Scope) -> dict[str, object]:
+    return {"user_id": scope.user_id, "agent_id": scope.agent_id, "session_id": scope.session_id}
+
+
+def scope_of(payload: Mapping[str, object]) -> Scope:
+    """The exact scope a stored point belongs to."""
+    return Scope(str(payload.get("user_id")), _text(payload, "agent_id"), _text(payload, "session_id"))
+
+
+def kind_of(payload: Mapping[str, object]) -> str:
+    """A stored point's kind: turn, fact, summary, or an accounting kind (llm_call, progress)."""
+    return str(payload.get("kind"))
+
+
+# The fields every stored point carries, whatever its kind.
+_POINT_FIELDS = ("user_id", "kind")
+# The fields that hold a memory's words: as sent (a turn), and as stored and embedded (every kind).
+WORD_FIELDS: tuple[str, ...] = ("original_text", "text")
+
+
+def missing_field(payload: Mapping[str, object]) -> str | None:
+    """The first field every stored point needs (`user_id`, then `kind`) that `payload` lacks or leaves
+    blank; None when it has both."""
+    for name in _POINT_FIELDS:
+        value = payload.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return name
+    return None
+
+
+def has_words(payload: Mapping[str, object]) -> bool:
+    """Whether `payload` holds the words a memory is embedded from: a `text` that is not blank."""
+    value = payload.get("text")
+    return isinstance(value, str) and bool(value.strip())
+
+
+# When a record happened, then when it was stored, then its place in its add_memory call, then its
+# id: the one order of records (conversation order for turns).
+Order = tuple[float, float, int, str]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored turn, fact or summary, as read: typed fields over its payload, with the score and
+    dense vector of the read when asked for."""
+
+    id: str
+    payload: Mapping[str, object]
+    score: float = 0.0
+    dense: list[float] | None = None
+
+    @classmethod
+    def read(cls, point: FoundPoint) -> Self:
+        """The view of a point the store returned."""
+        return cls(point.id, point.payload, point.score, point.dense)
+
+    @property
+    def kind(self) -> Kind:
+        """turn, fact or summary."""
+        return _KIND_NAMES[kind_of(self.payload)]
+
+    @property
+    def scope(self) -> Scope:
+        """The exact scope it was stored in."""
+        return scope_of(self.payload)
+
+    @property
+    def text(self) -> str:
+        """What the memory says (a turn: as stored, compressed or not)."""
+        return str(self.payload.get("text") or "")
+
+    @property
+    def status(self) -> Status:
+        """active, or superseded by a newer fact."""
+        return _STATUS_NAMES.get(str(self.payload.get("status")), "active")
+
+    @property
+    def superseded_by(self) -> str | None:
+        """The record that replaced this one."""
+        return _text(self.payload, "superseded_by")
+
+    @property
+    def role(self) -> Role | None:
+        """Who spoke: user, assistant, system or tool (a fact: when all its sources agree)."""
+        return _ROLE_NAMES.get(str(self.payload.get("role")))
+
+    @property
+    def speaker(self) -> str | None:
+        """The speaker's name, when one was given."""
+        return _text(self.payload, "speaker")
+
+    @property
+    def label(self) -> str:
+        """Who said it: the speaker's name when given, else the role."""
+        return self.speaker or self.role or ""
+
+    @property
+    def source_ids(self) -> list[str]:
+        """The message ids it comes from."""
+        return _strings(self.payload, "source_ids")
+
+    @property
+    def topic_id(self) -> str | None:
+        """The topic segment it was extracted in."""
+        return _text(self.payload, "topic_id")
+
+    @property
+    def event_time(self) -> str:
+        """When it happened, as stored (ISO 8601)."""
+        return str(self.payload.get("event_time") or "")
+
+    @property
+    def event_ts(self) -> float:
+        """When it happened, in epoch seconds."""
+        return _number(self.payload, "event_ts")
+
+    @property
+    def created_ts(self) -> float:
+        """When it was stored, in epoch seconds."""
+        return _number(self.payload, "created_ts")
+
+    @property
+    def updated_ts(self) -> float:
+        """When it last changed, in epoch seconds."""
+        return _number(self.payload, "updated_ts")
+
+    @property
+    def position(self) -> int:
+        """Its place among the messages of one add_memory call."""
+        return _count(self.payload, "position")
+
+    @property
+    def order(self) -> Order:
+        """The sort key of every record kind (see `Order`)."""
+        return (self.event_ts, self.created_ts, self.position, self.id)
+
+    @property
+    def history(self) -> list[dict[str, object]]:
+        """What changed it: consolidation changes, re-summarizations; oldest first."""
+        return _entries(self.payload, "history")
+
+    @property
+    def changes(self) -> list[dict[str, object]]:
+        """The consolidation changes (update, delete) in its history, as stored."""
+        return [entry for entry in self.history if entry.get("action") in ("update", "delete")]
+
+    @property
+    def llm_call_id(self) -> str | None:
+        """The LLM call it came from."""
+        return _text(self.payload, "llm_call_id")
+
+
+def _common(
+    scope: Scope,
+    kind: Kind,
+    text: str,
+    *,
+    role: str | None,
+    speaker: str | None,
+    source_ids: Sequence[str],
+    event_time: datetime,
+    stored_at: datetime,
+) -> dict[str, object]:
+    """The stored fields every memory kind shares."""
+    return {
+        **_scope_fields(scope),
+        "kind": kind,
+        "status": "active",
+        "text": text,
+        "role": role,
+        "speaker": speaker,
+        "source_ids": list(source_ids),
+        "topic_id": None,
+        "event_time": event_time.isoformat(),
+        "event_ts": event_time.timestamp(),
+        "created_ts": stored_at.timestamp(),
+        "updated_ts": stored_at.timestamp(),
+    }
+
+
+@dataclass(frozen=True)
+class Turn(Record):
+    """One stored message."""
+
+    @classmethod
+    def new(
+        cls,
+        scope: Scope,
+        message_id: str,
+        text: str,
+        *,
+        original_text: str,
+        role: str,
+        speaker: str | None,
+        event_time: datetime,
+        stored_at: datetime,
+        position: int,
+        stage: TurnStage,
+        tokens_original: int,
+        tokens_compressed: int,
+        compression: str,
+        redactions: Mapping[str, int],
+    ) -> Turn:
+        """A message as stored by add_memory (its id derives from the scope and message id)."""
+        payload = _common(
+            scope,
+            "turn",
+            text,
+            role=role,
+            speaker=speaker,
+            source_ids=[message_id],
+            event_time=event_time,
+            stored_at=stored_at,
+        )
+        payload.update(
+            original_text=original_text,
+            tokens_original=tokens_original,
+            tokens_compressed=tokens_compressed,
+            compression=compression,
+            stage=stage,
+            position=position,
+            redactions=dict(redactions),
+        )
+        return cls(record_id(scope, "turn", message_id), payload)
+
+    @staticmethod
+    def key(source_ids: Sequence[str]) -> str:
+        """What a turn's id derives from: its message id."""
+        return source_ids[0]
+
+    @property
+    def message_id(self) -> str:
+        """The caller's id of the message."""
+        return (self.source_ids or [""])[0]
+
+    @property
+    def original_text(self) -> str | None:
+        """The message as sent (secrets redacted)."""
+        return _text(self.payload, "original_text")
+
+    @property
+    def said(self) -> str:
+        """The words as the person wrote them (before any compression)."""
+        return self.original_text or self.text
+
+    @property
+    def stage(self) -> str:
+        """pending, extracted or skipped (see `TurnStage`)."""
+        return str(self.payload.get("stage") or "skipped")
+
+    @property
+    def tokens_original(self) -> int:
+        """Tokens of the message as sent."""
+        return _count(self.payload, "tokens_original")
+
+    @property
+    def tokens_compressed(self) -> int:
+        """Tokens of what extraction is sent."""
+        return _count(self.payload, "tokens_compressed")
+
+    @property
+    def compression(self) -> str:
+        """applied, or why not (short, no_gain, disabled, unavailable, loading, not_extracted)."""
+        return str(self.payload.get("compression") or "unknown")
+
+    @property
+    def redactions(self) -> dict[str, int]:
+        """Secrets taken out of the message, by kind."""
+        value = self.payload.get("redactions")
+        return {str(kind): _count(value, kind) for kind in value} if isinstance(value, dict) else {}
+
+    @property
+    def context(self) -> list[str]:
+        """The turns said just before it, as lexically indexed with it."""
+        return _strings(self.payload, "context")
+
+    @property
+    def add_key(self) -> tuple[Scope, float]:
+        """The add_memory call it was stored by: its turns share their scope and stored time."""
+        return self.scope, self.created_ts
+
+    def with_context(self, lines: Sequence[str]) -> Turn:
+        """The same turn with the given earlier turns as its `context`."""
+        return replace(self, payload={**self.payload, "context": list(lines)})
+
+    @staticmethod
+    def topic(topic_id: str) -> dict[str, object]:
+        """The fields set on the turns of one topic segment."""
+        return {"topic_id": topic_id}
+
+    @staticmethod
+    def extracted(at: float) -> dict[str, object]:
+        """The fields set on turns once their facts are written."""
+        return {"stage": "extracted", "extracted_ts": at}
+
+
+@dataclass(frozen=True)
+class Fact(Record):
+    """A fact extracted from turns, or a version merged by consolidation."""
+
+    @classmethod
+    def new(
+        cls,
+        scope: Scope,
+        text: str,
+        *,
+        source_ids: Sequence[str],
+        role: str | None,
+        speaker: str | None,
+        event_time: datetime,
+        stored_at: datetime,
+        topic_id: str | None,
+        batch_turn_ids: Sequence[str],
+        llm_call_id: str,
+    ) -> Fact:
+        """A fact as extraction writes it (its id derives from its sources and words)."""
+        payload = _common(
+            scope,
+            "fact",
+            text,
+            role=role,
+            speaker=speaker,
+            source_ids=source_ids,
+            event_time=event_time,
+            stored_at=stored_at,
+        )
+        payload.update(
+            topic_id=topic_id, batch_turn_ids=list(batch_turn_ids), llm_call_id=llm_call_id, stage="extracted"
+        )
+        return cls(record_id(scope, "fact", cls.key(source_ids, text)), payload)
+
+    @staticmethod
+    def key(source_ids: Sequence[str], text: str) -> str:
+        """What an extracted fact's id derives from: its sources and its words."""
+        return "\x1f".join([*sorted(source_ids), " ".join(text.lower().split())])
+
+    @staticmethod
+    def version_key(target_id: str, by_ids: Sequence[str]) -> str:
+        """What a merged version's id derives from: the fact it replaces and the facts merged in."""
+        return "\x1f".join(["update", target_id, *sorted(by_ids)])
+
+    def version(
+        self, version_id: str, text: str, merged: Sequence[Fact], entry: Mapping[str, object], stored_at: datetime
+    ) -> Fact:
+        """The merged version of this fact: its fields, the new text, every source, at the newest time."""
+        newest = max(merged, key=lambda f: f.order)
+        source_ids = self.source_ids
+        for fact in merged:
+            source_ids += [s for s in fact.source_ids if s not in source_ids]
+        payload = {key: value for key, value in self.payload.items() if key != "superseded_by"}
+        payload.update(
+            text=text,
+            status="active",
+            stage="consolidated",
+            source_ids=source_ids,
+            event_time=newest.event_time,
+            event_ts=newest.event_ts,
+            created_ts=stored_at.timestamp(),
+            updated_ts=stored_at.timestamp(),
+            batch_turn_ids=[],
+            llm_call_id=entry["llm_call_id"],
+            supersedes=[self.id],
+            history=[*self.history, dict(entry)],
+        )
+        return Fact(version_id, payload)
+
+    @property
+    def stage(self) -> str:
+        """extracted, or consolidated (see `FactStage`)."""
+        return str(self.payload.get("stage") or "extracted")
+
+    @property
+    def supersedes(self) -> list[str]:
+        """The facts this version replaced."""
+        return _strings(self.payload, "supersedes")
+
+    @property
+    def batch_turn_ids(self) -> list[str]:
+        """The turns of the extraction batch it came from."""
+        return _strings(self.payload, "batch_turn_ids")
+
+    @staticmethod
+    def consolidated(at: float) -> dict[str, object]:
+        """The fields set on facts once consolidation has checked them."""
+        return {"stage": "consolidated", "consolidated_ts": at}
+
+    def superseded(self, by: str, entry: Mapping[str, object], at: float) -> dict[str, object]:
+        """The fields set on this fact when `by` replaces it."""
+        return {"status": "superseded", "superseded_by": by, "updated_ts": at, "history": [*self.history, dict(entry)]}
+
+
+@dataclass(frozen=True)
+class Summary(Record):
+    """A summary of a window of a scope's memories."""
+
+    @classmethod
+    def new(
+        cls,
+        scope: Scope,
+        text: str,
+        *,
+        window: str,
+        window_key: str,
+        topic: str | None,
+        method: str,
+        covered: Sequence[Record],
+        llm_call_id: str | None,
+        stored_at: datetime,
+        previous: Summary | None,
+    ) -> Summary:
+        """A summary of `covered` (oldest first); summarizing a window again replaces it in place,
+        its previous text kept in its history."""
+        source_ids = list(dict.fromkeys(s for record in covered for s in record.source_ids))
+        payload = _common(
+            scope,
+            "summary",
+            text,
+            role=None,
+            speaker=None,
+            source_ids=source_ids,
+            event_time=from_epoch(covered[-1].event_ts),
+            stored_at=stored_at,
+        )
+        history: list[dict[str, object]] = []
+        if previous is not None:
+            history = [
+                *previous.history,
+                {"action": "resummarize", "time": stored_at.isoformat(), "old_text": previous.text},
+            ]
+            payload["created_ts"] = previous.created_ts
+        payload.update(
+            method=method,
+            window=window,
+            window_key=window_key,
+            topic=topic,
+            window_start_ts=covered[0].event_ts,
+            window_end_ts=covered[-1].event_ts,
+            covered_ids=[record.id for record in covered],
+            llm_call_id=llm_call_id,
+            history=history,
+            stage="summarized",
+        )
+        return cls(cls.id_of(scope, window, window_key, topic), payload)
+
+    @staticmethod
+    def key(window: str, window_key: str, topic: str | None) -> str:
+        """What a summary's id derives from: its window and topic."""
+        return "\x1f".join([window, window_key, topic or ""])
+
+    @classmethod
+    def id_of(cls, scope: Scope, window: str, window_key: str, topic: str | None) -> str:
+        """The id of the summary of a window of the scope."""
+        return record_id(scope, "summary", cls.key(window, window_key, topic))
+
+    @property
+    def covered_ids(self) -> list[str]:
+        """The records summarized."""
+        return _strings(self.payload, "covered_ids")
+
+
+# Payload fields that hold other records' ids (source_ids hold message ids, llm_call_id a call id),
+# and the fields of a history entry that do.
+_REFERENCES = frozenset({"superseded_by", "supersedes", "batch_turn_ids", "covered_ids"})
+_HISTORY_REFERENCES = frozenset({"target_id", "new_id", "by_ids"})
+
+
+def with_references(payload: Mapping[str, object], ref: Callable[[str], str]) -> dict[str, object]:
+    """`payload` with every id of another record it holds (superseded_by, supersedes, batch_turn_ids,
+    covered_ids, and a history entry's target_id, new_id and by_ids) replaced by `ref` of it."""
+    rewritten = {key: _referred(value, ref) if key in _REFERENCES else value for key, value in payload.items()}
+    history = payload.get("history")
+    if isinstance(history, list):
+        rewritten["history"] = [
+            {k: _referred(v, ref) if k in _HISTORY_REFERENCES else v for k, v in entry.items()}
+            if isinstance(entry, dict)
+            else entry
+            for entry in history
+        ]
+    return rewritten
+
+
+def _referred(value: object, ref: Callable[[str], str]) -> object:
+    if isinstance(value, str):
+        return ref(value)
+    if isinstance(value, list):
+        return [ref(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def redact_words(
+    payload: Mapping[str, object], redact: Callable[[str], tuple[str, Mapping[str, int]]]
+) -> tuple[dict[str, object], bool]:
+    """`payload` with a memory's words (`WORD_FIELDS`) and a turn's `context` lines passed through `redact`
+    (which gives the text with its secrets replaced, and how many of each kind it took out), and the
+    secrets its words held added to its `redactions`; True when they held any. Context lines are other
+    turns' words: redacted, never counted."""
+    redacted = dict(payload)
+    found: Counter[str] = Counter()
+    for key in WORD_FIELDS:
+        value = redacted.get(key)
+        if isinstance(value, str):
+            text, kinds = redact(value)
+            redacted[key] = text
+            if not found:  # counted once per message: `text` repeats `original_text` unless compressed
+                found.update(kinds)
+    context = redacted.get("context")
+    if isinstance(context, list):
+        redacted["context"] = [redact(line)[0] if isinstance(line, str) else line for line in context]
+    if not found:
+        return redacted, False
+    earlier = redacted.get("redactions")
+    counts = (
+        Counter({str(k): int(v) for k, v in earlier.items() if isinstance(v, int)})
+        if isinstance(earlier, dict)
+        else Counter()
+    )
+    counts.update(found)
+    redacted["redactions"] = dict(counts)
+    return redacted, True
+
+
+def with_terms(payload: Mapping[str, object], sparse: SparseVector) -> dict[str, object]:
+    """A payload with the term ids of its lexical vector (`terms`: counted per user for BM25)."""
+    return {**payload, "terms": sorted(set(sparse.indices))}
+
+
+def view(point: FoundPoint) -> Record:
+    """The typed view of a stored memory of any kind."""
+    kind = kind_of(point.payload)
+    cls = Turn if kind == "turn" else Fact if kind == "fact" else Summary if kind == "summary" else Record
+    return cls.read(point)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One LLM call as the usage ledger keeps it (vector-less)."""
+
+    id: str
+    payload: Mapping[str, object]
+
+    @classmethod
+    def new(cls, call: LLMCall, recorded_at: datetime) -> LedgerEntry:
+        """The ledger entry of a call, in the scope it was made for."""
+        scope = call.scope or Scope()
+        payload: dict[str, object] = {
+            **_scope_fields(scope),
+            "kind": LEDGER_KIND,
+            "status": "active",
+            "purpose": call.purpose,
+            "provider": call.provider,
+            "model": call.model,
+            "ok": call.ok,
+            "error": call.error,
+            "attempts": call.attempts,
+            "seconds": call.seconds,
+            "prompt_tokens": call.usage.prompt_tokens,
+            "completion_tokens": call.usage.completion_tokens,
+            "cached_tokens": call.usage.cached_tokens,
+            "turns": call.turns,
+            "event_ts": call.started_at.timestamp(),
+            "created_ts": recorded_at.timestamp(),
+        }
+        return cls(record_id(scope, LEDGER_KIND, call.call_id), payload)
+
+    @property
+    def point(self) -> StoredPoint:
+        """The point to store."""
+        return StoredPoint(self.id, None, None, dict(self.payload))
+
+    @property
+    def purpose(self) -> str:
+        """extraction, update (consolidation) or summary."""
+        return str(self.payload.get("purpose") or "unknown")
+
+    @property
+    def provider(self) -> str:
+        """The configured provider preset."""
+        return str(self.payload.get("provider") or "")
+
+    @property
+    def model(self) -> str:
+        """The model requests named."""
+        return str(self.payload.get("model") or "")
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call got a usable answer."""
+        return bool(self.payload.get("ok"))
+
+    @property
+    def attempts(self) -> int:
+        """HTTP requests, retries included."""
+        return _count(self.payload, "attempts")
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Input tokens, cache hits included."""
+        return _count(self.payload, "prompt_tokens")
+
+    @property
+    def cached_tokens(self) -> int:
+        """Input tokens the provider served from its cache."""
+        return _count(self.payload, "cached_tokens")
+
+    @property
+    def completion_tokens(self) -> int:
+        """Output tokens."""
+        return _count(self.payload, "completion_tokens")
+
+    @property
+    def event_ts(self) -> float:
+        """When the call started, in epoch seconds."""
+        return _number(self.payload, "event_ts")
+
+
+@dataclass(frozen=True)
+class SummaryMark:
+    """How far the sleep-time schedule has summarized a user: the newest fact it took (vector-less)."""
+
+    id: str
+    summarized_created_ts: float
+
+    # What the mark's id derives from (one mark per user).
+    KEY: ClassVar[str] = "summary"
+
+    @staticmethod
+    def id_of(user_id: str) -> str:
+        """The mark's id for a user."""
+        return record_id(Scope(user_id), PROGRESS_KIND, SummaryMark.KEY)
+
+    @staticmethod
+    def is_mark(payload: Mapping[str, object]) -> bool:
+        """Whether a stored point is the summarizer's mark (other points may share its kind, progress)."""
+        return kind_of(payload) == PROGRESS_KIND and "summarized_created_ts" in payload
+
+    @classmethod
+    def read(cls, point: FoundPoint) -> SummaryMark:
+        """The mark as stored."""
+        return cls(point.id, _number(point.payload, "summarized_created_ts"))
+
+    def point(self, user_id: str, at: datetime) -> StoredPoint:
+        """The point to store for the user."""
+        payload: dict[str, object] = {
+            **_scope_fields(Scope(user_id)),
+            "kind": PROGRESS_KIND,
+            "status": "active",
+            "summarized_created_ts": self.summarized_created_ts,
+            "event_ts": at.timestamp(),
+            "created_ts": at.timestamp(),
+        }
+        return StoredPoint(self.id, None, None, payload)

@@ -6,16 +6,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
-from lightmem_mcp.conversation import order_key, preceding, scope_of
-from lightmem_mcp.indexing import CONTEXT_TURNS, Indexer, context_line
-from lightmem_mcp.records import FoundPoint, StoredPoint
+from lightmem_mcp.conversation import preceding
+from lightmem_mcp.indexing import CONTEXT_TURNS, RecordWriter, context_line
+from lightmem_mcp.records import FoundPoint, Record, StoredPoint, Turn, view
 from lightmem_mcp.store import VectorStore
 
 log = logging.getLogger(__name__)
 
 
-def reindex_store(store: VectorStore, indexer: Indexer, session_gap_s: float, batch: int = 64) -> int:
+def reindex_store(store: VectorStore, writer: RecordWriter, session_gap_s: float, batch: int = 64) -> int:
     """Re-index a stale store in place; returns how many points were rewritten (0 if it was current)."""
     if not store.stale:
         return 0
@@ -24,7 +25,7 @@ def reindex_store(store: VectorStore, indexer: Indexer, session_gap_s: float, ba
     done = 0
 
     def rewrite(page: Sequence[FoundPoint]) -> list[StoredPoint]:
-        return _rewrite(store, indexer, page, session_gap_s)
+        return _rewrite(store, writer, page, session_gap_s)
 
     def progress(count: int) -> None:
         nonlocal done
@@ -36,20 +37,18 @@ def reindex_store(store: VectorStore, indexer: Indexer, session_gap_s: float, ba
     return done
 
 
-def _rewrite(store: VectorStore, indexer: Indexer, page: Sequence[FoundPoint], gap_s: float) -> list[StoredPoint]:
+def _rewrite(store: VectorStore, writer: RecordWriter, page: Sequence[FoundPoint], gap_s: float) -> list[StoredPoint]:
     """Fresh vectors for the records of one page; turns get the context of the turns before them."""
     plain = [StoredPoint(p.id, None, None, dict(p.payload)) for p in page if p.dense is None]
-    records: list[tuple[str, dict[str, object]]] = []
-    kept: list[list[float] | None] = []
+    records: list[Record] = []
     for point in page:
         if point.dense is None:
             continue
-        payload = dict(point.payload)
-        if payload.get("kind") == "turn":
-            before = preceding(store, scope_of(payload), order_key(payload), CONTEXT_TURNS, gap_s, exclude={point.id})
-            payload["context"] = [context_line(p.payload) for p in before]
-            kept.append(None)  # a turn's index text changed: embed it again
-        else:
-            kept.append(point.dense)  # facts and summaries are indexed by their own text, as before
-        records.append((point.id, payload))
-    return plain + indexer.points(records, kept)
+        record = view(point)
+        if isinstance(record, Turn):
+            before = preceding(store, record.scope, record.order, CONTEXT_TURNS, gap_s, exclude={record.id})
+            # A turn's index text changed: embed it again.
+            record = replace(record.with_context([context_line(t) for t in before]), dense=None)
+        # Facts and summaries are indexed by their own text, as before: their dense vector is kept.
+        records.append(record)
+    return plain + writer.points(records, keep_dense=True)

@@ -21,11 +21,28 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 from lightmem_mcp import __version__
+from lightmem_mcp.api import (
+    AddResult,
+    CompressResult,
+    ConsolidateResult,
+    DeleteResult,
+    FlushResult,
+    ForgetResult,
+    GetResult,
+    HistoryResult,
+    ListResult,
+    Message,
+    Progress,
+    RecallResult,
+    SearchFilters,
+    SearchResult,
+    StatsResult,
+    SummarizeResult,
+    Window,
+)
 from lightmem_mcp.auth import Forbidden, acting_user, check_access
-from lightmem_mcp.buffer import FlushResult
 from lightmem_mcp.compressor import MAX_FORCE_TOKENS
 from lightmem_mcp.config import Settings
-from lightmem_mcp.consolidate import ConsolidateResult, HistoryResult, Progress
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
 from lightmem_mcp.memory import MAX_CONTEXT, Memory
 from lightmem_mcp.recall import (
@@ -33,24 +50,8 @@ from lightmem_mcp.recall import (
     DEFAULT_RECALL_TOKENS,
     MAX_RECALL_TOKENS,
     MIN_RECALL_TOKENS,
-    RecallResult,
 )
-from lightmem_mcp.records import (
-    MAX_ID_CHARS,
-    AddResult,
-    CompressResult,
-    DeleteResult,
-    ForgetResult,
-    GetResult,
-    Kind,
-    ListResult,
-    Message,
-    Scope,
-    SearchFilters,
-    SearchResult,
-)
-from lightmem_mcp.stats import StatsResult
-from lightmem_mcp.summarize import SummarizeResult, Window
+from lightmem_mcp.records import MAX_ID_CHARS, Kind, Scope
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ import threading
 
 from lightmem_mcp.config import SleepSettings
 from lightmem_mcp.consolidate import Consolidator
+from lightmem_mcp.events import MemoryObserver
 from lightmem_mcp.records import RecordFilter, Scope
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.summarize import Summarizer
@@ -24,7 +25,7 @@ _MAX_SCOPES = 10_000
 _EVERYONE = "\x00every-user"
 
 
-class SleepSchedule:
+class SleepSchedule(MemoryObserver):
     """Runs consolidation (then summaries of the days with new facts) every N minutes or after M facts."""
 
     def __init__(
@@ -38,10 +39,10 @@ class SleepSchedule:
         self._due: set[str] = set()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.runs = 0
 
     @property
     def enabled(self) -> bool:
+        """Whether an interval or a fact count is set."""
         return self._settings.interval_minutes > 0 or self._settings.after_facts > 0
 
     def start(self) -> None:
@@ -50,7 +51,7 @@ class SleepSchedule:
             self._thread = threading.Thread(target=self._loop, name="lightmem-sleep", daemon=True)
             self._thread.start()
 
-    def facts_written(self, scope: Scope, count: int) -> None:
+    def facts_stored(self, scope: Scope, count: int) -> None:
         """After extraction: wake the worker when the user has `after_facts` facts not yet consolidated."""
         if self._thread is None or self._settings.after_facts <= 0 or count <= 0:
             return
@@ -101,4 +102,3 @@ class SleepSchedule:
                 if summarized is not None and summarized.error:
                     log.warning("sleep-time summaries stopped: %s", summarized.error)
                     return
-        self.runs += 1

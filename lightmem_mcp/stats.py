@@ -17,127 +17,42 @@ purposes (consolidation, summaries) stay as they were.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import cast
 
-from pydantic import BaseModel, Field
-
-from lightmem_mcp.config import ModelPrice, PriceSettings
-from lightmem_mcp.extractor import PURPOSE as EXTRACTION
-from lightmem_mcp.extractor import SYSTEM_PROMPT, BufferedTurn, render
-from lightmem_mcp.ledger import LEDGER_KIND
-from lightmem_mcp.records import KINDS, FoundPoint, Kind, RecordFilter, Scope
+from lightmem_mcp.api import (
+    AppliedPrice,
+    CompressionCounts,
+    CostReport,
+    Counterfactual,
+    LLMUsage,
+    RecordCounts,
+    RedactionStats,
+    StatsResult,
+    TurnStats,
+)
+from lightmem_mcp.config import PriceSettings
+from lightmem_mcp.extractor import EXTRACTION_PROMPT, EXTRACTION_PURPOSE, BufferedTurn, render_batch
+from lightmem_mcp.presets import ModelPrice
+from lightmem_mcp.records import (
+    KINDS,
+    LEDGER_KIND,
+    FoundPoint,
+    Kind,
+    LedgerEntry,
+    RecordFilter,
+    Scope,
+    Turn,
+    kind_of,
+    view,
+)
 from lightmem_mcp.store import VectorStore
-from lightmem_mcp.timestamps import from_epoch
 from lightmem_mcp.tokens import TokenCounter
 
 # Always reported, in this order, even with no calls: extraction, consolidation, summaries.
 PURPOSES = ("extraction", "update", "summary")
 _MILLION = Decimal(1_000_000)
-
-
-class RecordCounts(BaseModel):
-    """Records of one kind, by status."""
-
-    kind: Kind
-    total: int
-    active: int
-    superseded: int
-    deleted: int
-
-
-class CompressionCounts(BaseModel):
-    """Turns stored one way, with their tokens."""
-
-    compression: str = Field(
-        description="applied, or why not: short, no_gain, disabled, unavailable, loading, not_extracted."
-    )
-    turns: int
-    tokens_original: int
-    tokens_compressed: int
-
-
-class TurnStats(BaseModel):
-    """Stored messages: where they are in the pipeline, and what compression saved."""
-
-    pending: int = Field(description="Waiting for extraction.")
-    extracted: int = Field(description="Turned into facts.")
-    skipped: int = Field(description="Kept as memories only (a role that feeds no extraction, or no LLM).")
-    tokens_original: int = Field(description="Tokens of the messages as sent.")
-    tokens_compressed: int = Field(description="Tokens of what is indexed and sent to extraction.")
-    tokens_saved: int
-    by_compression: list[CompressionCounts]
-
-
-class RedactionStats(BaseModel):
-    """Secrets taken out of stored messages before anything was kept (LIGHTMEM_REDACTION_ENABLED)."""
-
-    turns: int = Field(description="Stored messages that held at least one secret.")
-    secrets: int = Field(description="Secrets replaced by [REDACTED:<kind>].")
-    by_kind: dict[str, int] = Field(description="Secrets by kind, e.g. sk_api_key, aws_access_key_id, password.")
-
-
-class LLMUsage(BaseModel):
-    """LLM calls of one purpose (or all), with the tokens the API reported."""
-
-    purpose: str = Field(description="extraction, update (consolidation), summary, or all.")
-    calls: int
-    ok: int
-    failed: int
-    attempts: int = Field(description="HTTP requests, retries included.")
-    prompt_tokens: int = Field(description="Input tokens, cache hits included.")
-    cached_tokens: int = Field(description="Input tokens the provider served from its cache.")
-    completion_tokens: int
-    cost: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217); unpriced models left out.")
-
-
-class Counterfactual(BaseModel):
-    """The same traffic done another way: an estimate (see the README's cost accounting)."""
-
-    llm_calls: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217).")
-
-
-class AppliedPrice(BaseModel):
-    """A price the estimate used, per 1M tokens."""
-
-    model: str = Field(description="<provider>/<model> as the calls were made.")
-    currency: str
-    input_cache_miss: float
-    input_cache_hit: float
-    output: float
-
-
-class CostReport(BaseModel):
-    """Estimated cost of the scope's LLM calls, and of the same traffic without LightMem's savings."""
-
-    actual: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217).")
-    without_compression: Counterfactual = Field(description="The same calls with the extracted turns uncompressed.")
-    one_call_per_add: Counterfactual = Field(
-        description="No batching or compression: one extraction call per add, system prompt repeated (mem0's way)."
-    )
-    prices: list[AppliedPrice]
-    unpriced_models: list[str] = Field(
-        description="<provider>/<model> with calls but no price: set LIGHTMEM_PRICE_TABLE to include them."
-    )
-
-
-class StatsResult(BaseModel):
-    """What a scope holds and what its LLM calls cost."""
-
-    user_id: str
-    agent_id: str | None
-    session_id: str | None
-    records: list[RecordCounts]
-    turns: TurnStats
-    redactions: RedactionStats
-    llm: list[LLMUsage] = Field(description="By purpose.")
-    llm_total: LLMUsage
-    cost: CostReport
 
 
 Money = dict[str, Decimal]
@@ -153,13 +68,13 @@ class _Usage:
     completion: int = 0
     cost: Money = field(default_factory=dict)
 
-    def add(self, payload: Mapping[str, object], cost: tuple[str, Decimal] | None) -> None:
+    def add(self, call: LedgerEntry, cost: tuple[str, Decimal] | None) -> None:
         self.calls += 1
-        self.ok += 1 if payload.get("ok") else 0
-        self.attempts += _int(payload, "attempts")
-        self.prompt += _int(payload, "prompt_tokens")
-        self.cached += _int(payload, "cached_tokens")
-        self.completion += _int(payload, "completion_tokens")
+        self.ok += 1 if call.ok else 0
+        self.attempts += call.attempts
+        self.prompt += call.prompt_tokens
+        self.cached += call.cached_tokens
+        self.completion += call.completion_tokens
         if cost is not None:
             _credit(self.cost, *cost)
 
@@ -199,7 +114,7 @@ class _AddedTurn:
     turn: BufferedTurn
 
 
-class _Tally:
+class _ScopeTally:
     """Accumulates one pass over a scope's points."""
 
     def __init__(self, prices: PriceSettings) -> None:
@@ -208,8 +123,8 @@ class _Tally:
         self.stages: Counter[str] = Counter()
         self.compression: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self.extracted_extra_tokens = 0
-        self.adds: dict[tuple[object, ...], list[_AddedTurn]] = defaultdict(list)
-        self.extracted_adds: set[tuple[object, ...]] = set()
+        self.adds: dict[tuple[Scope, float], list[_AddedTurn]] = defaultdict(list)
+        self.extracted_adds: set[tuple[Scope, float]] = set()
         self.redacted_turns = 0
         self.redacted: Counter[str] = Counter()
         self.usage: dict[str, _Usage] = {purpose: _Usage() for purpose in PURPOSES}
@@ -218,48 +133,42 @@ class _Tally:
         self.unpriced: set[str] = set()
 
     def add(self, point: FoundPoint) -> None:
-        p = point.payload
-        kind = str(p.get("kind"))
+        kind = kind_of(point.payload)
         if kind == LEDGER_KIND:
-            self._call(p)
+            self._call(LedgerEntry(point.id, point.payload))
             return
+        record = view(point)
         if kind in self.statuses:
-            self.statuses[kind][str(p.get("status") or "active")] += 1
-        if kind == "turn":
-            self._turn(point)
+            self.statuses[kind][record.status] += 1
+        if isinstance(record, Turn):
+            self._turn(record)
 
-    def _turn(self, point: FoundPoint) -> None:
-        p = point.payload
-        stage = str(p.get("stage") or "skipped")
-        before, after = _int(p, "tokens_original"), _int(p, "tokens_compressed")
-        self.stages[stage] += 1
-        row = self.compression[str(p.get("compression") or "unknown")]
+    def _turn(self, turn: Turn) -> None:
+        before, after = turn.tokens_original, turn.tokens_compressed
+        self.stages[turn.stage] += 1
+        row = self.compression[turn.compression]
         row[0] += 1
         row[1] += before
         row[2] += after
-        # The turns of one add_memory call share their scope and stored time.
-        add = (p.get("user_id"), p.get("agent_id"), p.get("session_id"), p.get("created_ts"))
-        self.adds[add].append(_AddedTurn(_int(p, "position"), _as_turn(point)))
-        if stage == "extracted":
+        add = turn.add_key
+        self.adds[add].append(_AddedTurn(turn.position, BufferedTurn.of(turn, said=True)))
+        if turn.stage == "extracted":
             self.extracted_extra_tokens += before - after
             self.extracted_adds.add(add)
-        redactions = p.get("redactions")
-        if isinstance(redactions, dict) and redactions:
+        if redactions := turn.redactions:
             self.redacted_turns += 1
-            self.redacted.update({str(kind): _int(redactions, kind) for kind in redactions})
+            self.redacted.update(redactions)
 
-    def _call(self, p: Mapping[str, object]) -> None:
-        purpose = str(p.get("purpose") or "unknown")
-        provider, model = str(p.get("provider") or ""), str(p.get("model") or "")
-        price = self.price(provider, model)
+    def _call(self, call: LedgerEntry) -> None:
+        price = self.price(call.provider, call.model)
         cost = None
         if price is not None:
             rate, currency = price
-            miss = max(_int(p, "prompt_tokens") - _int(p, "cached_tokens"), 0)
-            cost = (currency, _cost(rate, miss, _int(p, "cached_tokens"), _int(p, "completion_tokens")))
-        self.usage.setdefault(purpose, _Usage()).add(p, cost)
-        if purpose == EXTRACTION:
-            self.extraction_models[(provider, model)] += 1
+            miss = max(call.prompt_tokens - call.cached_tokens, 0)
+            cost = (currency, _cost(rate, miss, call.cached_tokens, call.completion_tokens))
+        self.usage.setdefault(call.purpose, _Usage()).add(call, cost)
+        if call.purpose == EXTRACTION_PURPOSE:
+            self.extraction_models[(call.provider, call.model)] += 1
 
     def price(self, provider: str, model: str) -> tuple[ModelPrice, str] | None:
         """The price of a model, remembered for the report; unknown models are listed as unpriced."""
@@ -282,7 +191,7 @@ class _Tally:
         total = _Usage()
         for usage in self.usage.values():
             total = total.merged(usage)
-        extraction = self.usage[EXTRACTION]
+        extraction = self.usage[EXTRACTION_PURPOSE]
         others = total.calls - extraction.calls, total.prompt - extraction.prompt
         other_cost = _minus(total.cost, extraction.cost)
         price = self._extraction_price()
@@ -293,8 +202,8 @@ class _Tally:
             _credit(uncompressed_cost, price[1], _cost(price[0], extra, 0, 0))
 
         per_add_prompt = sum(
-            counter.count(SYSTEM_PROMPT)
-            + counter.count(render([[added.turn for added in sorted(self.adds[add], key=lambda a: a.position)]]))
+            counter.count(EXTRACTION_PROMPT)
+            + counter.count(render_batch([[added.turn for added in sorted(self.adds[add], key=lambda a: a.position)]]))
             for add in self.extracted_adds
         )
         per_add_cost = dict(other_cost)
@@ -365,24 +274,10 @@ class _Tally:
 
 def collect_stats(store: VectorStore, scope: Scope, prices: PriceSettings, counter: TokenCounter) -> StatsResult:
     """Read every point of the scope once and account for it."""
-    tally = _Tally(prices)
+    tally = _ScopeTally(prices)
     for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id)):
         tally.add(point)
     return tally.result(scope, counter)
-
-
-def _as_turn(point: FoundPoint) -> BufferedTurn:
-    p = point.payload
-    source_ids = cast(list[str], p.get("source_ids") or [""])
-    return BufferedTurn(
-        record_id=point.id,
-        message_id=str(source_ids[0]),
-        role=str(p.get("role") or "user"),
-        speaker=cast(str | None, p.get("speaker")),
-        text=str(p.get("original_text") or p.get("text") or ""),
-        event_time=from_epoch(float(cast(float, p.get("event_ts") or 0.0))),
-        topic_id="",
-    )
 
 
 def _cost(rate: ModelPrice, miss: int, hit: int, output: int) -> Decimal:
@@ -411,8 +306,3 @@ def _floats(money: Money) -> dict[str, float]:
 
 def _ordered(usage: Iterable[str]) -> list[str]:
     return list(PURPOSES) + sorted(set(usage) - set(PURPOSES))
-
-
-def _int(payload: Mapping[str, object], key: str) -> int:
-    value = payload.get(key)
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0

@@ -15,38 +15,42 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from lightmem_mcp.api import Progress, SummarizeResult, SummaryInfo, Window
 from lightmem_mcp.config import SummarySettings
 from lightmem_mcp.embedder import Embedder
-from lightmem_mcp.indexing import Indexer
-from lightmem_mcp.ledger import UsageLedger
-from lightmem_mcp.lexical import LexicalEncoder
-from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
-from lightmem_mcp.records import FoundPoint, RecordFilter, Scope, StoredPoint, record_id, record_payload
+from lightmem_mcp.indexing import RecordWriter
+from lightmem_mcp.llm import LLMClient, LLMError
+from lightmem_mcp.records import (
+    PROGRESS_KIND,
+    Fact,
+    LLMCall,
+    Record,
+    RecordFilter,
+    Scope,
+    Summary,
+    SummaryMark,
+    view,
+)
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 from lightmem_mcp.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 
-PURPOSE = "summary"
-PROGRESS_KIND = "progress"
-
-Window = Literal["all", "session", "day", "week"]
-Progress = Callable[[float, float, str], None]
+SUMMARY_PURPOSE = "summary"
 
 _MAX_READ = 10_000
 # A topic summary reads the memories at least this similar to the topic (cosine).
 _TOPIC_FLOOR = 0.3
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
-SYSTEM_PROMPT = """\
+SUMMARY_PROMPT = """\
 You write summaries of a person's long-term memory, to be recalled later. You get the memories \
 of one period, numbered and with their times, and a few related EARLIER memories for context.
 
@@ -63,42 +67,6 @@ class SummaryAnswer(BaseModel):
     summary: str = Field(min_length=1)
 
 
-class SummaryInfo(BaseModel):
-    """One summary written."""
-
-    id: str = Field(description="The summary record's id (get_memory, search_memory kind 'summary').")
-    text: str
-    method: Literal["llm", "extractive"] = Field(description="extractive: no LLM configured, central sentences.")
-    window: Window
-    window_key: str = Field(description="The session id, the day (YYYY-MM-DD), the ISO week or 'all'.")
-    topic: str | None
-    start: datetime = Field(description="Time of the earliest memory covered.")
-    end: datetime = Field(description="Time of the latest memory covered.")
-    covered_ids: list[str] = Field(description="The memory records summarized.")
-    source_ids: list[str] = Field(description="The messages they come from.")
-
-
-class SummarizeResult(BaseModel):
-    """What summarize wrote."""
-
-    summaries: list[SummaryInfo]
-    llm_calls: int
-    error: str | None = Field(default=None, description="Why some windows were not summarized.")
-
-
-@dataclass(frozen=True)
-class _Entry:
-    point: FoundPoint
-
-    @property
-    def text(self) -> str:
-        return str(self.point.payload["text"])
-
-    @property
-    def ts(self) -> float:
-        return float(cast(float, self.point.payload["event_ts"]))
-
-
 class Summarizer:
     """Writes summary records for the windows of a scope."""
 
@@ -106,18 +74,16 @@ class Summarizer:
         self,
         settings: SummarySettings,
         store: VectorStore,
+        writer: RecordWriter,
         embedder: Embedder,
-        lexical: LexicalEncoder,
         llm: LLMClient,
-        ledger: UsageLedger,
         counter: TokenCounter,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._writer = writer
         self._embedder = embedder
-        self._indexer = Indexer(embedder, lexical)
         self._llm = llm
-        self._ledger = ledger
         self._counter = counter
 
     def run(
@@ -152,14 +118,14 @@ class Summarizer:
 
     def run_scheduled(self, user_id: str) -> SummarizeResult | None:
         """Re-summarize each day of the user with facts newer than the stored progress mark."""
-        mark_id = record_id(Scope(user_id), PROGRESS_KIND, "summary")
+        mark_id = SummaryMark.id_of(user_id)
         found = self._store.scroll(RecordFilter(user_id, kinds=(PROGRESS_KIND,), ids=(mark_id,)), 1)
-        mark = float(cast(float, found[0].payload.get("summarized_created_ts", 0.0))) if found else 0.0
+        mark = SummaryMark.read(found[0]).summarized_created_ts if found else 0.0
         facts = self._store.scroll(RecordFilter(user_id, kinds=("fact",), statuses=("active",)), _MAX_READ)
-        fresh = [p for p in facts if float(cast(float, p.payload["created_ts"])) > mark]
+        fresh = [fact for fact in map(Fact.read, facts) if fact.created_ts > mark]
         if not fresh:
             return None
-        days = sorted({from_epoch(_Entry(p).ts).date() for p in fresh})
+        days = sorted({from_epoch(fact.event_ts).date() for fact in fresh})
         result = SummarizeResult(summaries=[], llm_calls=0)
         for day in days:
             start = datetime(day.year, day.month, day.day, tzinfo=from_epoch(0).tzinfo)
@@ -174,23 +140,14 @@ class Summarizer:
             if done.error:
                 result.error = done.error
                 return result
-        newest = max(float(cast(float, p.payload["created_ts"])) for p in fresh)
-        payload: dict[str, object] = {
-            "user_id": user_id,
-            "agent_id": None,
-            "session_id": None,
-            "kind": PROGRESS_KIND,
-            "status": "active",
-            "summarized_created_ts": newest,
-            "event_ts": to_epoch(now()),
-            "created_ts": to_epoch(now()),
-        }
-        self._store.upsert([StoredPoint(mark_id, None, None, payload)])
+        newest = max(fact.created_ts for fact in fresh)
+        # The mark is vector-less bookkeeping, not a memory: stored as is, never indexed.
+        self._store.upsert([SummaryMark(mark_id, newest).point(user_id, now())])
         return result
 
     # -- reading -------------------------------------------------------------------------
 
-    def _entries(self, scope: Scope, since_ts: float | None, until_ts: float | None, topic: str | None) -> list[_Entry]:
+    def _entries(self, scope: Scope, since_ts: float | None, until_ts: float | None, topic: str | None) -> list[Record]:
         """The facts in range (the turns when there are no facts), oldest first."""
         for kind in ("fact", "turn"):
             where = RecordFilter(
@@ -209,40 +166,39 @@ class Summarizer:
             else:
                 found = self._store.scroll(where, _MAX_READ, with_vectors=True)
             if found:
-                return sorted((_Entry(p) for p in found), key=_order)
+                return sorted(map(view, found), key=lambda record: record.order)
         return []
 
-    def _seeds(self, scope: Scope, group: Sequence[_Entry]) -> list[_Entry]:
+    def _seeds(self, scope: Scope, group: Sequence[Record]) -> list[Fact]:
         """Earlier facts most like the window: LightMem's cross-event seeds."""
         if not self._settings.seeds:
             return []
-        stored = [e.point.dense for e in group if e.point.dense is not None]
-        vectors = stored if len(stored) == len(group) else self._embedder.embed_documents([e.text for e in group])
+        stored = [record.dense for record in group if record.dense is not None]
+        vectors = stored if len(stored) == len(group) else self._embedder.embed_documents([r.text for r in group])
         centroid = [sum(column) / len(vectors) for column in zip(*vectors, strict=True)]
         where = RecordFilter(
-            scope.user_id, scope.agent_id, kinds=("fact",), statuses=("active",), until_ts=group[0].ts - 1e-6
+            scope.user_id, scope.agent_id, kinds=("fact",), statuses=("active",), until_ts=group[0].event_ts - 1e-6
         )
         found = self._store.nearest(centroid, where, self._settings.seeds)
-        return sorted((_Entry(p) for p in found), key=lambda e: e.ts)
+        return sorted(map(Fact.read, found), key=lambda fact: fact.event_ts)
 
     # -- writing -------------------------------------------------------------------------
 
     def _summarize(
-        self, scope: Scope, window: Window, key: str, topic: str | None, group: Sequence[_Entry]
+        self, scope: Scope, window: Window, key: str, topic: str | None, group: Sequence[Record]
     ) -> tuple[SummaryInfo, int]:
         """One summary record for the window; returns it and the LLM calls made (0 or 1)."""
         call: LLMCall | None = None
         if self._llm.configured:
             seeds = self._seeds(scope, group)
             words = max(20, self._settings.max_tokens * 3 // 4)
-            try:
-                result = self._llm.complete_json(
-                    PURPOSE, SYSTEM_PROMPT.format(words=words), render(group, seeds, topic), SummaryAnswer
-                )
-            except LLMError as exc:
-                self._ledger.record(scope, exc.call)
-                raise
-            self._ledger.record(scope, result.call)
+            result = self._llm.complete_json(
+                SUMMARY_PURPOSE,
+                SUMMARY_PROMPT.format(words=words),
+                render_window(group, seeds, topic),
+                SummaryAnswer,
+                scope=scope,
+            )
             call = result.call
             text = " ".join(result.value.summary.split())
             method: Literal["llm", "extractive"] = "llm"
@@ -251,55 +207,37 @@ class Summarizer:
             method = "extractive"
 
         owner = Scope(scope.user_id, scope.agent_id, key if window == "session" and key != "-" else scope.session_id)
-        summary_id = record_id(owner, "summary", "\x1f".join([window, key, topic or ""]))
-        covered = [e.point.id for e in group]
-        source_ids = list(dict.fromkeys(s for e in group for s in cast(list[str], e.point.payload["source_ids"])))
         stored_at = now()
-        payload: dict[str, Any] = record_payload(
+        summary_id = Summary.id_of(owner, window, key, topic)
+        found = self._store.scroll(RecordFilter(scope.user_id, kinds=("summary",), ids=(summary_id,)), 1)
+        summary = Summary.new(
             owner,
-            "summary",
             text,
-            role=None,
-            speaker=None,
-            source_ids=source_ids,
-            event_time=from_epoch(group[-1].ts),
-            stored_at=stored_at,
-        )
-        previous = self._store.scroll(RecordFilter(scope.user_id, kinds=("summary",), ids=(summary_id,)), 1)
-        history: list[dict[str, Any]] = []
-        if previous:
-            old = previous[0].payload
-            history = [*cast(list[dict[str, Any]], old.get("history") or [])]
-            history.append({"action": "resummarize", "time": stored_at.isoformat(), "old_text": old["text"]})
-            payload["created_ts"] = old["created_ts"]
-        payload.update(
-            method=method,
             window=window,
             window_key=key,
             topic=topic,
-            window_start_ts=group[0].ts,
-            window_end_ts=group[-1].ts,
-            covered_ids=covered,
+            method=method,
+            covered=group,
             llm_call_id=call.call_id if call else None,
-            history=history,
-            stage="summarized",
+            stored_at=stored_at,
+            previous=Summary.read(found[0]) if found else None,
         )
-        self._store.upsert(self._indexer.points([(summary_id, payload)]))
+        self._writer.write([summary])
         info = SummaryInfo(
-            id=summary_id,
+            id=summary.id,
             text=text,
             method=method,
             window=window,
             window_key=key,
             topic=topic,
-            start=from_epoch(group[0].ts),
-            end=from_epoch(group[-1].ts),
-            covered_ids=covered,
-            source_ids=source_ids,
+            start=from_epoch(group[0].event_ts),
+            end=from_epoch(group[-1].event_ts),
+            covered_ids=summary.covered_ids,
+            source_ids=summary.source_ids,
         )
         return info, 1 if call else 0
 
-    def _extractive(self, group: Sequence[_Entry]) -> str:
+    def _extractive(self, group: Sequence[Record]) -> str:
         """The most central sentences within the token budget, in time order."""
         sentences = [(i, s) for i, e in enumerate(group) for s in _SENTENCE.split(e.text.strip()) if s.strip()]
         if len(sentences) == 1:
@@ -322,18 +260,12 @@ class Summarizer:
         return " ".join(sentences[i][1] for i in sorted(chosen))
 
 
-def _order(entry: _Entry) -> tuple[float, float, int, str]:
-    """Time order; messages stored in one call at the same time keep their order in the call."""
-    p = entry.point.payload
-    return (entry.ts, float(cast(float, p["created_ts"])), int(cast(int, p.get("position") or 0)), entry.point.id)
-
-
-def _group(entries: Sequence[_Entry], window: Window) -> list[tuple[str, list[_Entry]]]:
-    groups: dict[str, list[_Entry]] = {}
+def _group(entries: Sequence[Record], window: Window) -> list[tuple[str, list[Record]]]:
+    groups: dict[str, list[Record]] = {}
     for entry in entries:
-        moment = from_epoch(entry.ts)
+        moment = from_epoch(entry.event_ts)
         if window == "session":
-            key = str(entry.point.payload.get("session_id") or "-")
+            key = entry.scope.session_id or "-"
         elif window == "day":
             key = moment.date().isoformat()
         elif window == "week":
@@ -342,19 +274,19 @@ def _group(entries: Sequence[_Entry], window: Window) -> list[tuple[str, list[_E
         else:
             key = "all"
         groups.setdefault(key, []).append(entry)
-    return sorted(groups.items(), key=lambda item: item[1][0].ts)
+    return sorted(groups.items(), key=lambda item: item[1][0].event_ts)
 
 
-def render(group: Sequence[_Entry], seeds: Sequence[_Entry], topic: str | None) -> str:
+def render_window(group: Sequence[Record], seeds: Sequence[Record], topic: str | None) -> str:
     """The user prompt: earlier context, then the window's memories."""
     lines = []
     if topic:
         lines += [f"Focus on: {topic}", ""]
     if seeds:
         lines.append("EARLIER memories (context only):")
-        lines += [f"- ({from_epoch(e.ts):%Y-%m-%d}) {e.text}" for e in seeds]
+        lines += [f"- ({from_epoch(e.event_ts):%Y-%m-%d}) {e.text}" for e in seeds]
         lines.append("")
     lines.append("Memories of the period:")
-    lines += [f"[{n}] ({from_epoch(e.ts):%Y-%m-%d %H:%M}) {e.text}" for n, e in enumerate(group, start=1)]
+    lines += [f"[{n}] ({from_epoch(e.event_ts):%Y-%m-%d %H:%M}) {e.text}" for n, e in enumerate(group, start=1)]
     lines += ["", "Write the summary as JSON."]
     return "\n".join(lines)

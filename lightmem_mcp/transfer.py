@@ -24,7 +24,7 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,16 +33,38 @@ from typing import Annotated, Literal, TextIO, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from lightmem_mcp.api import ExportResult, ImportResult
 from lightmem_mcp.config import LimitSettings
-from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import InvalidInput
-from lightmem_mcp.indexing import Indexer, dense_text, lexical_parts
-from lightmem_mcp.lexical import LexicalEncoder
-from lightmem_mcp.records import Kind, RecordFilter, Role, Scope, ScopeId, Status, StoredPoint, record_id
+from lightmem_mcp.indexing import RecordWriter
+from lightmem_mcp.records import (
+    KINDS,
+    WORD_FIELDS,
+    Fact,
+    FoundPoint,
+    Kind,
+    Record,
+    RecordFilter,
+    Role,
+    Scope,
+    ScopeId,
+    Status,
+    StoredPoint,
+    Summary,
+    SummaryMark,
+    Turn,
+    has_words,
+    kind_of,
+    missing_field,
+    record_id,
+    redact_words,
+    scope_of,
+    view,
+    with_references,
+)
 from lightmem_mcp.redact import SecretRedactor
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
-from lightmem_mcp.summarize import PROGRESS_KIND
 from lightmem_mcp.timestamps import now
 
 log = logging.getLogger(__name__)
@@ -169,27 +191,6 @@ class _MemoryPayload(_Payload):
     context: list[str] = Field(default_factory=list, description="A turn's earlier turns, lexically indexed with it.")
 
 
-class ExportResult(BaseModel):
-    """What an export wrote."""
-
-    points: int
-    by_kind: dict[str, int]
-    vectors: bool
-
-
-class ImportResult(BaseModel):
-    """What an import wrote."""
-
-    points: int
-    by_kind: dict[str, int]
-    embedded: int = Field(description="Points whose dense vector was computed here.")
-    vectors_kept: int = Field(description="Points whose exported dense vector was written as it was.")
-    copied: int = Field(
-        default=0,
-        description="Points whose scope was edited in the file: written as copies under that scope's ids.",
-    )
-
-
 def export_points(
     store: VectorStore, layout: StoreLayout, out: TextIO, scope: Scope | None, vectors: bool
 ) -> ExportResult:
@@ -214,7 +215,7 @@ def export_points(
         if vectors and point.dense is not None:
             line["dense"] = point.dense
         out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
-        kinds[str(point.payload.get("kind"))] += 1
+        kinds[kind_of(point.payload)] += 1
     out.flush()
     return ExportResult(points=sum(kinds.values()), by_kind=dict(sorted(kinds.items())), vectors=vectors)
 
@@ -262,8 +263,8 @@ def atomic_output(target: Path) -> Iterator[TextIO]:
 
 def import_points(
     store: VectorStore,
-    embedder: Embedder,
-    lexical: LexicalEncoder,
+    writer: RecordWriter,
+    layout: StoreLayout,
     source: TextIO,
     limits: LimitSettings,
     redactor: SecretRedactor | None = None,
@@ -284,24 +285,23 @@ def import_points(
         # (schema 2 embeds a turn with its speaker's name).
         reuse = (
             header.vectors
-            and header.embedder == embedder.id
-            and header.dimension == embedder.dimension
-            and header.schema_version == SCHEMA_VERSION
+            and header.embedder == layout.embedder
+            and header.dimension == layout.dimension
+            and header.schema_version == layout.schema_version
         )
         if header.vectors and not reuse:
             log.info(
                 "the export was embedded with %s (%d-d), this store uses %s (%d-d): re-embedding",
                 header.embedder,
                 header.dimension,
-                embedder.id,
-                embedder.dimension,
+                layout.embedder,
+                layout.dimension,
             )
         kinds: Counter[str] = Counter()
         embedded = kept = 0
         try:
-            indexer = Indexer(embedder, lexical)
             for batch in _batches(_points(lines, header, limits), _BATCH):
-                fresh, reused = _write(store, indexer, batch, placed, reuse, kinds, redactor)
+                fresh, reused = _write(store, writer, batch, placed, reuse, kinds, redactor)
                 embedded += fresh
                 kept += reused
         except BaseException:
@@ -362,32 +362,11 @@ class _Placed:
             return value  # the record itself is in the file, under its own id, for this user
         return self.renamed.get((user, value), value)
 
-    def payload(self, user: str, payload: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    def payload(self, user: str, payload: Mapping[str, object]) -> Mapping[str, object]:
         """`payload` with its references to other records pointed at their copies."""
         if not self.renamed:
             return payload
-        rewritten = {key: self._refs(user, value) if key in _REFERENCES else value for key, value in payload.items()}
-        history = payload.get("history")
-        if isinstance(history, list):
-            rewritten["history"] = [
-                {k: self._refs(user, v) if k in _HISTORY_REFERENCES else v for k, v in entry.items()}
-                if isinstance(entry, dict)
-                else entry
-                for entry in history
-            ]
-        return rewritten
-
-    def _refs(self, user: str, value: JsonValue) -> JsonValue:
-        if isinstance(value, str):
-            return self.ref(user, value)
-        if isinstance(value, list):
-            return [self.ref(user, v) if isinstance(v, str) else v for v in value]
-        return value
-
-
-# Payload fields that hold other records' ids (source_ids hold message ids, llm_call_id a call id).
-_REFERENCES = frozenset({"superseded_by", "supersedes", "batch_turn_ids", "covered_ids"})
-_HISTORY_REFERENCES = frozenset({"target_id", "new_id", "by_ids"})
+        return with_references(payload, lambda value: self.ref(user, value))
 
 
 def _origin(number: int, point: ExportedPoint, payload: _Payload) -> _Origin:
@@ -400,17 +379,17 @@ def _origin(number: int, point: ExportedPoint, payload: _Payload) -> _Origin:
     if isinstance(payload, _MemoryPayload):
         created_ts = payload.created_ts
         if payload.kind == "turn":
-            key = payload.source_ids[0]
+            key = Turn.key(payload.source_ids)
         elif payload.kind == "summary":
-            key = "\x1f".join([str(payload.window), str(payload.window_key), payload.topic or ""])
+            key = Summary.key(str(payload.window), str(payload.window_key), payload.topic)
         else:
             for entry in payload.history:
                 if entry.action == "update" and entry.new_id == point_id and entry.target_id and entry.by_ids:
                     merges = (entry.target_id, tuple(entry.by_ids))
             if merges is None:
-                key = "\x1f".join([*sorted(payload.source_ids), " ".join(payload.text.lower().split())])
-    elif payload.kind == PROGRESS_KIND and "summarized_created_ts" in point.payload:
-        key = "summary"  # the summarizer's mark; other progress points are placed like ledger entries
+                key = Fact.key(payload.source_ids, payload.text)
+    elif SummaryMark.is_mark(point.payload):
+        key = SummaryMark.KEY  # other progress points are placed like ledger entries
     derived = None if key is None else record_id(scope, payload.kind, key)
     return _Origin(number, point_id, scope, payload.kind, derived, merges, created_ts)
 
@@ -437,8 +416,8 @@ def _place(origins: Sequence[_Origin], store: VectorStore) -> _Placed:
     # A version's id comes from the ids it merged, so it is placed after them (they are older).
     for origin, target, merged in sorted(versions, key=lambda v: (v[0].created_ts, v[0].line)):
         user = origin.scope.user_id
-        parts = [placed.ref(user, target), *sorted(placed.ref(user, i) for i in merged)]
-        placed.copy(origin, record_id(origin.scope, "fact", "\x1f".join(["update", *parts])))
+        key = Fact.version_key(placed.ref(user, target), [placed.ref(user, i) for i in merged])
+        placed.copy(origin, record_id(origin.scope, "fact", key))
     written: dict[str, _Origin] = {}
     for origin in origins:
         new_id = placed.ids.get(origin.line, origin.id)
@@ -459,16 +438,7 @@ def _owners(store: VectorStore, ids: set[str]) -> dict[str, Scope]:
     """The scope each of `ids` belongs to in the store, for those it holds (one pass over the store)."""
     if not ids:
         return {}
-    owners = {}
-    for point in store.scan(None):
-        if point.id in ids:
-            p = point.payload
-            owners[point.id] = Scope(str(p["user_id"]), _optional(p.get("agent_id")), _optional(p.get("session_id")))
-    return owners
-
-
-def _optional(value: object) -> str | None:
-    return None if value is None else str(value)
+    return {point.id: scope_of(point.payload) for point in store.scan(None) if point.id in ids}
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -476,7 +446,7 @@ def _optional(value: object) -> str | None:
 
 def _write(
     store: VectorStore,
-    indexer: Indexer,
+    writer: RecordWriter,
     batch: Sequence[_Checked],
     placed: _Placed,
     reuse_vectors: bool,
@@ -486,8 +456,7 @@ def _write(
     """Upsert one batch in one store operation; returns (points embedded here, vectors kept). Secrets
     in a memory's words are redacted as `add_memory` would (an export may predate redaction)."""
     plain: list[StoredPoint] = []
-    memories: list[tuple[str, dict[str, JsonValue]]] = []
-    given: list[list[float] | None] = []
+    memories: list[Record] = []
     for number, point, checked in batch:
         point_id = placed.ids.get(number, str(point.id))
         payload = placed.payload(checked.user_id, point.payload)
@@ -495,41 +464,27 @@ def _write(
         if not point.embedded:
             plain.append(StoredPoint(point_id, None, None, dict(payload)))
             continue
-        redacted = _redact(payload, redactor) if redactor is not None else False
-        memories.append((point_id, payload))
+        redacted = False
+        if redactor is not None:
+            payload, redacted = redact_words(payload, _redacting(redactor))
         # An exported vector is kept only for a point written under its own id and words: a copy may index
         # differently, and redacted words must be embedded again.
-        given.append(point.dense if reuse_vectors and point_id == str(point.id) and not redacted else None)
-    store.upsert([*plain, *indexer.points(memories, given)])
-    kept = sum(1 for vector in given if vector is not None)
-    return len(given) - kept, kept
+        dense = point.dense if reuse_vectors and point_id == str(point.id) and not redacted else None
+        fields: dict[str, object] = dict(payload)
+        memories.append(view(FoundPoint(point_id, fields, dense=dense)))
+    store.upsert([*plain, *writer.points(memories, keep_dense=True)])
+    kept = sum(1 for record in memories if record.dense is not None)
+    return len(memories) - kept, kept
 
 
-def _redact(payload: dict[str, JsonValue], redactor: SecretRedactor) -> bool:
-    """Redact the words and context of one memory in place, counting what was taken out; True if any."""
-    found: Counter[str] = Counter()
-    for key in ("original_text", "text"):
-        value = payload.get(key)
-        if isinstance(value, str):
-            result = redactor.redact(value)
-            payload[key] = result.text
-            if not found:  # counted once per message: `text` repeats `original_text` unless compressed
-                found.update(result.kinds)
-    context = payload.get("context")
-    if isinstance(context, list):
-        lines = [redactor.redact(line) if isinstance(line, str) else None for line in context]
-        payload["context"] = [r.text if r is not None else line for r, line in zip(lines, context, strict=True)]
-    if not found:
-        return False
-    earlier = payload.get("redactions")
-    counts = (
-        Counter({str(k): int(v) for k, v in earlier.items() if isinstance(v, int)})
-        if isinstance(earlier, dict)
-        else Counter()
-    )
-    counts.update(found)
-    payload["redactions"] = dict(counts)
-    return True
+def _redacting(redactor: SecretRedactor) -> Callable[[str], tuple[str, Mapping[str, int]]]:
+    """`redactor` as `redact_words` takes it: a text's redacted words, and the secrets taken out by kind."""
+
+    def redact(text: str) -> tuple[str, Mapping[str, int]]:
+        result = redactor.redact(text)
+        return result.text, result.kinds
+
+    return redact
 
 
 # -- checking -----------------------------------------------------------------------------
@@ -562,12 +517,11 @@ def _points(
         point = _validated(ExportedPoint, number, _json(number, raw, limits))
         where = f"line {number}"
         data = point.payload
-        for name in ("user_id", "kind"):
-            value = data.get(name)
-            if not isinstance(value, str) or not value.strip():
-                raise InvalidInput(f"{where}: payload.{name}", "missing or empty: every point needs one")
-        memory = data["kind"] in ("turn", "fact", "summary")
-        if point.embedded and (not isinstance(data.get("text"), str) or not str(data.get("text")).strip()):
+        missing = missing_field(data)
+        if missing is not None:
+            raise InvalidInput(f"{where}: payload.{missing}", "missing or empty: every point needs one")
+        memory = kind_of(data) in KINDS
+        if point.embedded and not has_words(data):
             raise InvalidInput(f"{where}: payload.text", "missing or empty: a point with vectors is embedded from it")
         payload = _validated(_MemoryPayload if memory else _Payload, number, data, "payload.")
         if point.dense is not None:
@@ -584,21 +538,17 @@ def _points(
                 "vectors, other points none",
             )
         if isinstance(payload, _MemoryPayload):
-            _check_memory(where, payload, data)
+            _check_memory(where, payload)
         yield number, point, payload
 
 
-def _check_memory(where: str, payload: _MemoryPayload, data: dict[str, JsonValue]) -> None:
-    """What `add_memory` and the pipeline guarantee of every stored memory."""
+def _check_memory(where: str, payload: _MemoryPayload) -> None:
+    """What `add_memory` and the pipeline guarantee of every stored memory (the schema above guarantees
+    that it can be indexed: a text, and a turn's context as strings)."""
     if payload.kind == "turn" and not payload.source_ids:
         raise InvalidInput(f"{where}: payload.source_ids", "empty: a turn keeps its message id there")
     if payload.kind == "summary" and (payload.window is None or payload.window_key is None):
         raise InvalidInput(f"{where}: payload.window", "missing: a summary names its window and window_key")
-    try:
-        dense_text(data)
-        lexical_parts(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"{where}: payload", f"cannot be indexed for search ({exc!r})") from None
 
 
 def _check_values(where: str, line: dict[str, object], limits: LimitSettings) -> None:
@@ -640,7 +590,7 @@ def _check_text(where: str, path: str, text: str, limits: LimitSettings) -> None
         )
 
 
-_MESSAGE_FIELDS = frozenset({"payload.text", "payload.original_text"})
+_MESSAGE_FIELDS = frozenset(f"payload.{name}" for name in WORD_FIELDS)
 _MIN_STRING_CAP = 4096
 
 

@@ -14,10 +14,10 @@ import pytest
 
 from lightmem_mcp.config import EmbeddingSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.indexing import store_layout
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.store.edge import EdgeStore
-from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 from tests.openai_server import llm_server_fixture  # noqa: F401  (the `llm_server` fixture)
 from tests.tiny_models import build_tiny_llmlingua2
 
@@ -46,7 +46,7 @@ def settings(tmp_path: Path) -> Settings:
 def open_memory(settings: Settings, embedder: SentenceTransformerEmbedder) -> Memory:
     """A Memory on the embedded store of `settings`, sharing the session's embedder."""
     lexical = LexicalEncoder()
-    layout = StoreLayout(SCHEMA_VERSION, embedder.dimension, embedder.id, lexical.id)
+    layout = store_layout(embedder, lexical)
     return Memory(settings, embedder, EdgeStore(settings.store.embedded_path, layout), lexical)
 
 

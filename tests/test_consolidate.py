@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from lightmem_mcp.api import Message, SearchFilters
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.lease import scope_key
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters, record_id
+from lightmem_mcp.records import RecordFilter, Scope, record_id
 from lightmem_mcp.server import MemoryProvider, build_server
 from tests.conftest import open_memory
 from tests.openai_server import ChatRequest, FakeLLMServer, Reply, prompt_messages

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lightmem_mcp.auth import new_token, token_line
 from lightmem_mcp.config import Settings, StoreSettings
-from lightmem_mcp.extractor import PURPOSE
+from lightmem_mcp.extractor import EXTRACTION_PURPOSE
 from lightmem_mcp.hosted import OneResponse
 from lightmem_mcp.server import build_server
 from tests.hosted_server import HostedServer, call, error_of
@@ -349,10 +349,10 @@ async def test_metrics_count_tool_calls_llm_usage_and_compression(
     assert delta("lightmem_records_stored_total", kind="fact") == 1
     original = delta("lightmem_stored_turn_tokens_total", form="original")
     assert original > delta("lightmem_stored_turn_tokens_total", form="compressed") > 0
-    assert delta("lightmem_llm_calls_total", purpose=PURPOSE, outcome="ok") == 1
-    assert delta("lightmem_llm_tokens_total", purpose=PURPOSE, kind="cached") == 7
-    assert delta("lightmem_llm_tokens_total", purpose=PURPOSE, kind="prompt") > 7
-    assert delta("lightmem_llm_call_duration_seconds_count", purpose=PURPOSE) == 1
+    assert delta("lightmem_llm_calls_total", purpose=EXTRACTION_PURPOSE, outcome="ok") == 1
+    assert delta("lightmem_llm_tokens_total", purpose=EXTRACTION_PURPOSE, kind="cached") == 7
+    assert delta("lightmem_llm_tokens_total", purpose=EXTRACTION_PURPOSE, kind="prompt") > 7
+    assert delta("lightmem_llm_call_duration_seconds_count", purpose=EXTRACTION_PURPOSE) == 1
     assert value(after, "lightmem_inflight_requests") == 0
     assert ("lightmem_inflight_requests", frozenset()) in after
     for tenant in TENANTS:

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from lightmem_mcp.config import Settings
+from lightmem_mcp.api import Message
+from lightmem_mcp.config import LeaseSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.lease import KEY_PREFIX, Leases, LocalLeases, RedisLeases, scope_key
-from lightmem_mcp.records import Message, Scope
+from lightmem_mcp.records import Scope
 from tests.conftest import open_memory
 from tests.hosted_server import free_port
 from tests.openai_server import FakeLLMServer, facts_per_message
@@ -142,17 +143,19 @@ def test_an_unreachable_redis_means_no_lease_and_no_error() -> None:
 
 
 @pytest.fixture(params=["local", "redis"])
-def leases(request: pytest.FixtureRequest) -> Leases:
+def lease_settings(request: pytest.FixtureRequest) -> LeaseSettings:
     if request.param == "local":
-        return LocalLeases()
-    return RedisLeases.from_url(request.getfixturevalue("redis_url"))
+        return LeaseSettings()
+    return LeaseSettings(redis_url=request.getfixturevalue("redis_url"))
 
 
 def test_extraction_skips_a_scope_another_replica_holds_and_runs_once_it_is_free(
-    leases: Leases, settings: Settings, embedder: SentenceTransformerEmbedder, llm_server: FakeLLMServer
+    lease_settings: LeaseSettings, settings: Settings, embedder: SentenceTransformerEmbedder, llm_server: FakeLLMServer
 ) -> None:
-    memory = open_memory(settings.model_copy(update={"llm": llm_server.settings()}), embedder)
-    memory.buffer.leases = leases
+    memory = open_memory(settings.model_copy(update={"llm": llm_server.settings(), "leases": lease_settings}), embedder)
+    # The other replica: the same in-process leases, or another client of the same Redis.
+    url = lease_settings.redis_url
+    leases: Leases = memory.leases if url is None else RedisLeases.from_url(url.get_secret_value())
     scope = Scope("maya")
     memory.add([Message(role="user", content="I moved to Lisbon in May.", id="m1")], scope)
     try:

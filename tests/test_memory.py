@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from lightmem_mcp.api import Message, SearchFilters
 from lightmem_mcp.config import CompressionSettings, LimitSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters
+from lightmem_mcp.records import RecordFilter, Scope
 from tests.conftest import open_memory
 
 ALICE = Scope("alice")

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from lightmem_mcp.api import Message, SearchFilters
 from lightmem_mcp.config import PipelineSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters
+from lightmem_mcp.records import RecordFilter, Scope
 from lightmem_mcp.store.edge import EdgeStore
 from tests.conftest import open_memory
 from tests.openai_server import ChatRequest, FakeLLMServer, Reply, facts_per_message, prompt_messages

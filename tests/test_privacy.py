@@ -7,17 +7,20 @@ import json
 import os
 import stat
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lightmem_mcp.api import Message
 from lightmem_mcp.auth import StaticTokenVerifier, TenantToken
 from lightmem_mcp.config import AuthSettings, Settings
 from lightmem_mcp.doctor import check_privacy, run_doctor
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
-from lightmem_mcp.records import Message, Scope
+from lightmem_mcp.records import RecordFilter, Scope, StoredPoint
 from lightmem_mcp.store.edge import EdgeStore
+from lightmem_mcp.store.schema import TENANT_FIELD
 from tests.conftest import open_memory
 from tests.hosted_server import COMMAND
 
@@ -41,6 +44,21 @@ def wider(root: Path) -> dict[str, str]:
     return {name: mode for name, mode in modes(root).items() if mode != ("0700" if (root / name).is_dir() else "0600")}
 
 
+# The engine's vacuum optimizer rewrites a segment of at least this many vectors (its default
+# vacuum_min_vector_number) once a fifth of them are deleted.
+VACUUM_MIN_VECTORS = 1000
+
+
+def rewrite_segments(store: EdgeStore, dimension: int) -> bool:
+    """Have the engine write new segment files: another tenant's points written and deleted, enough
+    for its vacuum optimizer, then the shard's own optimize. True if it wrote any."""
+    vector = [1.0] + [0.0] * (dimension - 1)
+    filler = [StoredPoint(str(uuid.uuid4()), vector, None, {TENANT_FIELD: "filler"}) for _ in range(VACUUM_MIN_VECTORS)]
+    store.upsert(filler)
+    store.delete(RecordFilter("filler"))
+    return store._shard.optimize()
+
+
 def store_something(settings: Settings, embedder: SentenceTransformerEmbedder) -> dict[str, str]:
     """Open the store, write, and return what is wider while it is still open; then close."""
     memory = open_memory(settings, embedder)
@@ -50,7 +68,7 @@ def store_something(settings: Settings, embedder: SentenceTransformerEmbedder) -
             Scope("maya"),
         )
         assert isinstance(memory.store, EdgeStore)
-        memory.store.optimize()  # new segments, written by the engine's own threads
+        assert rewrite_segments(memory.store, embedder.dimension)  # new segments, written by the engine
         return wider(settings.store.data_dir)
     finally:
         memory.close()

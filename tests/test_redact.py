@@ -13,11 +13,12 @@ from typing import cast
 
 import pytest
 
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import PipelineSettings, RedactionSettings, Settings, StoreSettings, load_settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import ConfigError
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope
+from lightmem_mcp.records import RecordFilter, Scope
 from lightmem_mcp.redact import SecretRedactor
 from tests.conftest import open_memory
 from tests.openai_server import FakeLLMServer, facts_per_message

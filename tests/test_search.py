@@ -16,10 +16,11 @@ import pytest
 import tiktoken
 from mcp import Client
 
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import CompressionSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, Scope
+from lightmem_mcp.records import Scope
 from lightmem_mcp.server import MemoryProvider, build_server
 from tests.conftest import open_memory
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings, SleepSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
-from lightmem_mcp.records import RecordFilter
+from lightmem_mcp.memory import Memory
+from lightmem_mcp.records import PROGRESS_KIND, RecordFilter, SummaryMark
 from tests.conftest import open_memory
 from tests.openai_server import ChatRequest, FakeLLMServer
 from tests.test_summarize import MAYA, MONDAY, TUESDAY, extract, messages, summarize_answer
@@ -23,6 +24,12 @@ def scheduled(settings: Settings, llm_server: FakeLLMServer, sleep: SleepSetting
             "consolidation": ConsolidationSettings(score_threshold=0.99),
         }
     )
+
+
+def summarized(service: Memory, user_id: str) -> bool:
+    """Whether a scheduled run finished for the user: its summary mark, written last, is stored."""
+    mark = RecordFilter(user_id, kinds=(PROGRESS_KIND,), ids=(SummaryMark.id_of(user_id),))
+    return service.store.count(mark) == 1
 
 
 def test_the_schedule_consolidates_and_summarizes_after_enough_new_facts(
@@ -41,9 +48,9 @@ def test_the_schedule_consolidates_and_summarizes_after_enough_new_facts(
         service.add(messages(MONDAY + TUESDAY), MAYA)
         service.flush(MAYA)  # 4 facts: the schedule wakes up
         deadline = time.monotonic() + 60
-        while service.sleep.runs == 0 and time.monotonic() < deadline:
+        while not summarized(service, "maya") and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert service.sleep.runs == 1
+        assert summarized(service, "maya")
         waiting = RecordFilter("maya", kinds=("fact",), stages=("extracted",))
         assert service.store.count(waiting) == 0  # every new fact was checked
         days = sorted(

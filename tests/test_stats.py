@@ -13,20 +13,14 @@ import pytest
 from mcp import Client
 
 from bench.pipeline import _turn, exchanges
-from lightmem_mcp.config import (
-    DEFAULT_PRICES,
-    CompressionSettings,
-    PipelineSettings,
-    PriceSettings,
-    Settings,
-    load_settings,
-)
+from lightmem_mcp.api import Message
+from lightmem_mcp.config import CompressionSettings, PipelineSettings, PriceSettings, Settings, load_settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import ConfigError, InvalidInput
-from lightmem_mcp.extractor import SYSTEM_PROMPT, render
-from lightmem_mcp.llm import LLMCall, Usage
+from lightmem_mcp.extractor import EXTRACTION_PROMPT, render_batch
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope
+from lightmem_mcp.presets import DEFAULT_PRICES
+from lightmem_mcp.records import LLMCall, RecordFilter, Scope, Usage
 from lightmem_mcp.server import MemoryProvider, build_server
 from tests.conftest import open_memory
 from tests.openai_server import FakeLLMServer, Reply, facts_per_message, usage
@@ -70,7 +64,9 @@ def dollars(miss: int, hit: int, output: int) -> Decimal:
     ) / Decimal(1_000_000)
 
 
-def ledger_call(purpose: str, prompt: int, completion: int, cached: int, model: str = "fake-model") -> LLMCall:
+def ledger_call(
+    scope: Scope, purpose: str, prompt: int, completion: int, cached: int, model: str = "fake-model"
+) -> LLMCall:
     return LLMCall(
         call_id=uuid.uuid4().hex,
         purpose=purpose,
@@ -81,6 +77,7 @@ def ledger_call(purpose: str, prompt: int, completion: int, cached: int, model: 
         seconds=0.1,
         started_at=datetime(2024, 3, 11, tzinfo=UTC),
         ok=True,
+        scope=scope,
     )
 
 
@@ -125,9 +122,9 @@ def test_counts_tokens_and_costs_are_exact(memory: Memory, llm_server: FakeLLMSe
     memory.add([Message(role="user", content=LATE, id="late", timestamp="2024-03-11T08:00:00Z")], MAYA)
     llm_server.script(500, 500, 500)
     assert memory.flush(MAYA).pending_turns == 1
-    memory.ledger.record(MAYA, ledger_call("update", 500, 50, 100))
-    memory.ledger.record(MAYA, ledger_call("summary", 200, 80, 0))
-    memory.ledger.record(MAYA, ledger_call("summary", 9_000, 900, 0, model="mystery"))
+    memory.ledger.llm_called(ledger_call(MAYA, "update", 500, 50, 100))
+    memory.ledger.llm_called(ledger_call(MAYA, "summary", 200, 80, 0))
+    memory.ledger.llm_called(ledger_call(MAYA, "summary", 9_000, 900, 0, model="mystery"))
 
     stats = memory.stats(MAYA)
 
@@ -171,7 +168,9 @@ def test_counts_tokens_and_costs_are_exact(memory: Memory, llm_server: FakeLLMSe
     assert cost.without_compression.cost == {"USD": float(actual + dollars(saved, 0, 0))}
 
     # bench/pipeline.py's "one call per add": the system prompt and the whole exchange, uncompressed.
-    per_add = sum(counter.count(SYSTEM_PROMPT) + counter.count(render([[_turn(m) for m in add]])) for add in adds)
+    per_add = sum(
+        counter.count(EXTRACTION_PROMPT) + counter.count(render_batch([[_turn(m) for m in add]])) for add in adds
+    )
     assert cost.one_call_per_add.llm_calls == len(adds) + 3
     assert cost.one_call_per_add.prompt_tokens == per_add + 500 + 200 + 9_000
     assert cost.one_call_per_add.completion_tokens == 1_155
@@ -184,7 +183,7 @@ def test_stats_cover_only_the_scope_asked_for(memory: Memory, llm_server: FakeLL
     memory.add([Message(role="user", content="Work note: the report is due Friday.")], Scope("maya", session_id="w"))
     memory.add([Message(role="user", content="Home note: water the plants.")], MAYA)
     memory.add([Message(role="user", content="Someone else's note.")], Scope("ben"))
-    memory.ledger.record(Scope("maya", session_id="w"), ledger_call("extraction", 100, 10, 0))
+    memory.ledger.llm_called(ledger_call(Scope("maya", session_id="w"), "extraction", 100, 10, 0))
 
     work = memory.stats(Scope("maya", session_id="w"))
     home = memory.stats(MAYA)

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from lightmem_mcp.api import Message, SearchFilters
 from lightmem_mcp.config import PipelineSettings, Settings, SummarySettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope, SearchFilters
+from lightmem_mcp.records import RecordFilter, Scope
 from tests.conftest import open_memory
 from tests.openai_server import ChatRequest, FakeLLMServer, facts_per_message
 

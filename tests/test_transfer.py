@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from lightmem_mcp import transfer
+from lightmem_mcp.api import Message
 from lightmem_mcp.config import ConsolidationSettings, LimitSettings, PipelineSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Message, RecordFilter, Scope, StoredPoint, record_id
+from lightmem_mcp.records import RecordFilter, Scope, StoredPoint, record_id
 from lightmem_mcp.store import VectorStore
 from tests.conftest import open_memory
 from tests.openai_server import FakeLLMServer, facts_per_message

@@ -251,11 +251,6 @@ class EdgeStore:
             self._drop_leftovers()
         self._term_counts.forget([None])
 
-    def optimize(self) -> None:
-        """Merge segments and build the HNSW index (blocking)."""
-        with self._write_lock:
-            self._shard.optimize()
-
     def close(self) -> None:
         """Flush segments and release the directory lock; closing twice is harmless."""
         with self._write_lock:
