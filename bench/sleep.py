@@ -25,7 +25,7 @@ from bench.pipeline import open_memory
 from lightmem_mcp.config import ConsolidationSettings, PipelineSettings, Settings, StoreSettings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import RecordFilter, Scope, record_id, record_payload
+from lightmem_mcp.records import LEDGER_KIND, Fact, LedgerEntry, RecordFilter, Scope
 from lightmem_mcp.timestamps import now, parse_timestamp
 from tests.openai_server import ChatRequest, FakeLLMServer
 
@@ -54,21 +54,22 @@ def load_facts(memory: Memory, questions: list[dict[str, Any]], limit: int) -> l
         stored_at = now()
         for start in range(0, len(turns), 256):
             chunk = turns[start : start + 256]
-            records: list[tuple[str, dict[str, object]]] = []
-            for turn, text in zip(chunk, texts[start : start + 256], strict=True):
-                payload = record_payload(
+            facts = [
+                Fact.new(
                     Scope(user),
-                    "fact",
                     text,
+                    source_ids=[turn.id],
                     role="user",
                     speaker=None,
-                    source_ids=[turn.id],
                     event_time=parse_timestamp(turn.timestamp),
                     stored_at=stored_at,
+                    topic_id=None,
+                    batch_turn_ids=[],
+                    llm_call_id="bench",
                 )
-                payload.update(stage="extracted", batch_turn_ids=[], llm_call_id="bench")
-                records.append((record_id(Scope(user), "fact", turn.id), payload))
-            memory.store.upsert(memory.indexer.points(records))
+                for turn, text in zip(chunk, texts[start : start + 256], strict=True)
+            ]
+            memory.writer.write(facts)
         count += len(turns)
     return users
 
@@ -101,17 +102,17 @@ def consolidation(
             seconds = time.perf_counter() - t0
             requests = llm.requests[before:]
             ledger = [
-                p.payload
+                entry
                 for user in users
-                for p in memory.store.scroll(RecordFilter(user, kinds=("llm_call",)), 100_000)
-                if float(p.payload["event_ts"]) >= since and p.payload["purpose"] == "update"  # type: ignore[arg-type]
+                for p in memory.store.scroll(RecordFilter(user, kinds=(LEDGER_KIND,)), 100_000)
+                if (entry := LedgerEntry(p.id, p.payload)).event_ts >= since and entry.purpose == "update"
             ]
             results[name] = {
                 "facts": stored,
                 "users": result.users,
                 "targets": result.targets,
                 "llm_calls": len(requests),
-                "input_tokens": sum(int(p["prompt_tokens"]) for p in ledger),  # type: ignore[call-overload]
+                "input_tokens": sum(entry.prompt_tokens for entry in ledger),
                 "seconds": round(seconds, 2),
             }
             assert result.llm_calls == len(requests) == len(ledger)

@@ -13,11 +13,11 @@ from pydantic import BaseModel
 from lightmem_mcp.compressor import Compressor
 from lightmem_mcp.config import Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
+from lightmem_mcp.indexing import store_layout
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.privacy import exposed
 from lightmem_mcp.store import open_store
-from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
 
 
 class _Pong(BaseModel):
@@ -50,7 +50,7 @@ def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
     def store() -> dict[str, Any]:
         e = embedder[0]
         lexical = LexicalEncoder()
-        opened = open_store(settings.store, StoreLayout(SCHEMA_VERSION, e.dimension, e.id, lexical.id))
+        opened = open_store(settings.store, store_layout(e, lexical))
         try:
             kind = "qdrant server" if settings.store.qdrant_url else "embedded qdrant edge"
             where = settings.store.qdrant_url or str(settings.store.embedded_path)

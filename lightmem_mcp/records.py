@@ -1,6 +1,10 @@
-"""The stored data model: scopes, roles and kinds, store filters, points, and record ids and payloads.
+"""The record layer: what is stored, and the only code that names the fields of a stored payload.
 
-What MCP callers send and what comes back is in `lightmem_mcp.api`.
+Scopes, roles and kinds; the store-neutral filter; points as written and as read; record ids; the
+record of an LLM call; and a typed view per record kind (`Turn`, `Fact`, `Summary`, `LedgerEntry`,
+`SummaryMark`) with its builder, its field updates and one sort key. Stages read and write records
+through these; docs/architecture.md shows where the layer sits. What MCP callers send and what comes
+back is in `lightmem_mcp.api`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, Self, get_args
+from typing import Annotated, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +23,8 @@ from lightmem_mcp.timestamps import from_epoch
 
 Role = Literal["user", "assistant", "system", "tool"]
 Kind = Literal["turn", "fact", "summary"]
+# "deleted" is never stored (delete and forget remove records outright); it stays in the published
+# schema of get_memory / list_memories results, which clients may validate against.
 Status = Literal["active", "superseded", "deleted"]
 
 KINDS: tuple[Kind, ...] = ("turn", "fact", "summary")
@@ -137,36 +143,6 @@ def record_id(scope: Scope, kind: str, key: str) -> str:
     """The deterministic id of a record of `kind` identified by `key` within `scope`."""
     parts = (scope.user_id, scope.agent_id or "", scope.session_id or "", kind, key)
     return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))
-
-
-def record_payload(
-    scope: Scope,
-    kind: str,
-    text: str,
-    *,
-    role: str | None,
-    speaker: str | None,
-    source_ids: list[str],
-    event_time: datetime,
-    stored_at: datetime,
-) -> dict[str, Any]:
-    """The stored fields every record kind shares."""
-    return {
-        "user_id": scope.user_id,
-        "agent_id": scope.agent_id,
-        "session_id": scope.session_id,
-        "kind": kind,
-        "status": "active",
-        "text": text,
-        "role": role,
-        "speaker": speaker,
-        "source_ids": source_ids,
-        "topic_id": None,
-        "event_time": event_time.isoformat(),
-        "event_ts": event_time.timestamp(),
-        "created_ts": stored_at.timestamp(),
-        "updated_ts": stored_at.timestamp(),
-    }
 
 
 # -- LLM calls ----------------------------------------------------------------------------------

@@ -222,7 +222,8 @@ class _ScopeTally:
                     total=sum(counts.values()),
                     active=counts["active"],
                     superseded=counts["superseded"],
-                    deleted=counts["deleted"],
+                    # In the published result, always 0: delete and forget remove records outright.
+                    deleted=0,
                 )
                 for kind, counts in self.statuses.items()
             ],
