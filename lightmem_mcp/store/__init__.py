@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from lightmem_mcp.config import StoreSettings
-from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
-from lightmem_mcp.store.schema import DENSE, TENANT_FIELD, StoreLayout
+from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint, scope_of
+from lightmem_mcp.store.schema import DENSE, StoreLayout
 
 
 def dense_vector(vector: object) -> list[float] | None:
@@ -21,7 +21,7 @@ def dense_vector(vector: object) -> list[float] | None:
 
 def scopes_of(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
     """The distinct (user, agent, session) scopes of some records' payloads, in a stable order."""
-    found = {(str(p[TENANT_FIELD]), p.get("agent_id"), p.get("session_id")) for p in payloads}
+    found = {(scope.user_id, scope.agent_id, scope.session_id) for scope in map(scope_of, payloads)}
     return sorted(found, key=str)
 
 
