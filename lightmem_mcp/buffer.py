@@ -164,7 +164,7 @@ class ShortTermBuffer:
         )
         with self._scope_lock(scope), lease as held:
             if self._extractor is not None and held:
-                pending = self._pending(scope, with_vectors=True)
+                pending = self._pending(scope)
                 for batch in self._batches(pending, force):
                     try:
                         written, tried = self._extract(scope, self._extractor, batch)
@@ -194,8 +194,10 @@ class ShortTermBuffer:
         if not pending:
             return []
         texts = [turn.text for turn in pending]
-        # The turns' own words: stored vectors carry the turns before each one too (indexing.py), which
-        # would blur the similarity of neighbours that segmentation looks for.
+        # Embedded as extraction reads them (no speaker name, compressed when compression applied): the
+        # stored vectors embed the speaker's name and the words as sent (indexing.py), which would move
+        # the similarity of neighbours that segmentation looks for. So the pending turns are read
+        # without their vectors.
         vectors = self._embedder.embed_documents(texts)
         threshold = self._settings.buffer_tokens
         tokens_of = {turn.id: turn.tokens_compressed for turn in pending}
@@ -244,7 +246,7 @@ class ShortTermBuffer:
 
     # -- reading the buffer --------------------------------------------------------------
 
-    def _pending(self, scope: Scope, with_vectors: bool = False) -> list[Turn]:
+    def _pending(self, scope: Scope) -> list[Turn]:
         where = RecordFilter(
             scope.user_id,
             scope.agent_id,
@@ -253,7 +255,7 @@ class ShortTermBuffer:
             stages=("pending",),
             exact_scope=True,
         )
-        found = self._store.scroll(where, _MAX_PENDING_READ, with_vectors=with_vectors)
+        found = self._store.scroll(where, _MAX_PENDING_READ)
         return sorted((Turn.read(p) for p in found), key=lambda turn: turn.order)
 
     def _scope_lock(self, scope: Scope) -> threading.Lock:

@@ -8,7 +8,7 @@ never fails the work it observes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lightmem_mcp.records import LLMCall, Scope, Turn
 
@@ -40,24 +40,19 @@ class Observers(MemoryObserver):
 
     def turns_stored(self, turns: Sequence[Turn]) -> None:
         """Tell every observer."""
-        for observer in self._observers:
-            try:
-                observer.turns_stored(turns)
-            except Exception:  # observing must never fail the work it observes
-                log.exception("observer %s failed on stored turns", type(observer).__name__)
+        self._tell(lambda observer: observer.turns_stored(turns), "stored turns")
 
     def facts_stored(self, scope: Scope, count: int) -> None:
         """Tell every observer."""
-        for observer in self._observers:
-            try:
-                observer.facts_stored(scope, count)
-            except Exception:
-                log.exception("observer %s failed on stored facts", type(observer).__name__)
+        self._tell(lambda observer: observer.facts_stored(scope, count), "stored facts")
 
     def llm_called(self, call: LLMCall) -> None:
         """Tell every observer."""
+        self._tell(lambda observer: observer.llm_called(call), "an LLM call")
+
+    def _tell(self, event: Callable[[MemoryObserver], None], what: str) -> None:
         for observer in self._observers:
             try:
-                observer.llm_called(call)
-            except Exception:
-                log.exception("observer %s failed on an LLM call", type(observer).__name__)
+                event(observer)
+            except Exception:  # observing must never fail the work it observes
+                log.exception("observer %s failed on %s", type(observer).__name__, what)

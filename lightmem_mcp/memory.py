@@ -61,6 +61,7 @@ from lightmem_mcp.recall import (
 )
 from lightmem_mcp.records import (
     KINDS,
+    MAX_ID_CHARS,
     SPEAKER_FIELD,
     Fact,
     FoundPoint,
@@ -83,7 +84,6 @@ from lightmem_mcp.summarize import Summarizer
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
 from lightmem_mcp.transfer import export_points, import_points
 
-_MAX_SCOPE_ID = 256
 _MAX_VERSIONS = 100
 # Speaker names looked at to tell whether a query names one.
 _MAX_SPEAKERS = 256
@@ -663,8 +663,8 @@ def _check_scope(scope: Scope) -> None:
             continue
         if is_blank(value):
             raise InvalidInput(name, "empty: omit it or give a non-blank id")
-        if len(value) > _MAX_SCOPE_ID or any(ord(c) < 32 for c in value):
-            raise InvalidInput(name, f"must be at most {_MAX_SCOPE_ID} printable characters")
+        if len(value) > MAX_ID_CHARS or any(ord(c) < 32 for c in value):
+            raise InvalidInput(name, f"must be at most {MAX_ID_CHARS} printable characters")
 
 
 MAX_CONTEXT = 10

@@ -204,8 +204,6 @@ PROGRESS_KIND = "progress"
 
 # Stage of a turn: waiting for extraction, turned into facts, or kept as a memory only.
 TurnStage = Literal["pending", "extracted", "skipped"]
-# Stage of a fact: waiting for sleep-time consolidation, or consolidated.
-FactStage = Literal["extracted", "consolidated"]
 
 
 _KIND_NAMES: dict[str, Kind] = {kind: kind for kind in get_args(Kind)}
@@ -383,11 +381,6 @@ class Record:
     def changes(self) -> list[dict[str, object]]:
         """The consolidation changes (update, delete) in its history, as stored."""
         return [entry for entry in self.history if entry.get("action") in ("update", "delete")]
-
-    @property
-    def llm_call_id(self) -> str | None:
-        """The LLM call it came from."""
-        return _text(self.payload, "llm_call_id")
 
 
 def _common(
@@ -605,19 +598,9 @@ class Fact(Record):
         return Fact(version_id, payload)
 
     @property
-    def stage(self) -> str:
-        """extracted, or consolidated (see `FactStage`)."""
-        return str(self.payload.get("stage") or "extracted")
-
-    @property
     def supersedes(self) -> list[str]:
         """The facts this version replaced."""
         return _strings(self.payload, "supersedes")
-
-    @property
-    def batch_turn_ids(self) -> list[str]:
-        """The turns of the extraction batch it came from."""
-        return _strings(self.payload, "batch_turn_ids")
 
     @staticmethod
     def consolidated(at: float) -> dict[str, object]:
