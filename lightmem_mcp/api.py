@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lightmem_mcp.records import MAX_ID_CHARS, MAX_SPEAKERS, Kind, Role, ScopeId, Speaker, Status
+from lightmem_mcp.records import MAX_ID_CHARS, MAX_SPEAKERS, Kind, Role, ScopeId, Speaker, Status, Tier
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 # Most changes one consolidation run lists in its result.
@@ -24,6 +24,11 @@ Progress = Callable[[float, float, str], None]
 
 # What one summary covers: everything in range, or one session, day or week.
 Window = Literal["all", "session", "day", "week"]
+
+_PROJECT = "The project it belongs to; null = the user's global tier."
+_TIER = (
+    "Which tier it comes from: project (the project's own memories) or global (the user's, seen from every project)."
+)
 
 
 # -- Inputs ------------------------------------------------------------------------------
@@ -104,6 +109,8 @@ class MemoryRecord(BaseModel):
     user_id: str
     agent_id: str | None = None
     session_id: str | None = None
+    project: str | None = Field(default=None, description=_PROJECT)
+    tier: Tier = Field(description=_TIER)
     topic_id: str | None = None
     event_time: datetime = Field(description="When it happened (UTC).")
     created_at: datetime
@@ -121,6 +128,8 @@ class SearchHit(BaseModel):
     role: Role | None = None
     speaker: str | None = None
     session_id: str | None = None
+    project: str | None = Field(default=None, description=_PROJECT)
+    tier: Tier = Field(description=_TIER)
     source_ids: list[str]
     window: int | None = Field(
         default=None, description="With context > 0: index in `windows` of the exchange around this hit."
@@ -175,6 +184,8 @@ class RecallBlock(BaseModel):
 
     kind: Kind = Field(description="turn for the turns taken from one session, else fact or summary.")
     session_id: str | None = None
+    project: str | None = Field(default=None, description=_PROJECT)
+    tier: Tier = Field(description=_TIER)
     start_time: datetime
     end_time: datetime
     ids: list[str] = Field(description="Record ids of what the block holds, for get_memory.")

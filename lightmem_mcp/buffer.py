@@ -89,6 +89,7 @@ class ShortTermBuffer:
 
     def notify(self, scope: Scope) -> None:
         """After an add: extract in the background once the scope's pending tokens reach the threshold."""
+        scope = scope.stored
         if not self.active or not self._may_schedule(scope):
             return
         if _tokens(self._pending(scope)) >= self._settings.buffer_tokens:
@@ -98,8 +99,8 @@ class ShortTermBuffer:
         """At start: schedule the scopes whose stored pending turns already fill the buffer."""
         if not self.active:
             return
-        for user_id, agent_id, session_id in self._store.pending_scopes(_MAX_PENDING_READ):
-            self.notify(Scope(user_id, agent_id, session_id))
+        for scope in self._store.pending_scopes(_MAX_PENDING_READ):
+            self.notify(scope)
 
     def _blocked(self, scope: Scope) -> bool:
         """Already scheduled, or cooling down after a failure. The caller holds the guard."""
@@ -156,7 +157,9 @@ class ShortTermBuffer:
     # -- extraction ----------------------------------------------------------------------
 
     def flush(self, scope: Scope, force: bool = True) -> FlushResult:
-        """Extract the scope's pending turns: all of them when forced, else whole batches only."""
+        """Extract the pending turns of exactly this scope (its project included): all of them when
+        forced, else whole batches only."""
+        scope = scope.stored
         extracted = facts = calls = 0
         error = None
         lease = (
@@ -232,13 +235,14 @@ class ShortTermBuffer:
         """One LLM call for the batch, then the crash-safe write. Returns (facts written, calls made)."""
         turns = [turn for segment in batch for turn in segment]
         turn_ids = tuple(turn.record_id for turn in turns)
-        exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True)
+        exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True, project=scope.project)
         for segment in batch:
             ids = tuple(turn.record_id for turn in segment)
             self._store.set_payload(replace(exact, ids=ids), Turn.topic(segment[0].topic_id))
         drafts, call = extractor.extract(scope, batch)
         facts = _facts(scope, drafts, turn_ids, call.call_id)
-        self._store.delete(replace(exact, kinds=("fact",), batch_turn_ids=turn_ids))
+        # Facts of an earlier attempt on these turns, in any tier (facts about the user went global).
+        self._store.delete(RecordFilter(scope.user_id, kinds=("fact",), batch_turn_ids=turn_ids))
         self._writer.write(facts)
         self._store.set_payload(replace(exact, ids=turn_ids), Turn.extracted(to_epoch(now())))
         log.info("extracted %d facts from %d turns in one call", len(facts), len(turns))
@@ -254,6 +258,7 @@ class ShortTermBuffer:
             kinds=("turn",),
             stages=("pending",),
             exact_scope=True,
+            project=scope.project,
         )
         found = self._store.scroll(where, _MAX_PENDING_READ)
         return sorted((Turn.read(p) for p in found), key=lambda turn: turn.order)
@@ -268,14 +273,15 @@ def _tokens(turns: Sequence[Turn]) -> int:
 
 
 def _facts(scope: Scope, drafts: Sequence[DraftFact], turn_ids: tuple[str, ...], call_id: str) -> list[Fact]:
-    """The batch's facts, one per distinct id (the same words from the same turns are one fact)."""
+    """The batch's facts, one per distinct id (the same words from the same turns are one fact). In a
+    project, a lasting fact about the person goes to the global tier: every project reads it."""
     stored_at = now()
     facts: dict[str, Fact] = {}
     for draft in drafts:
         roles = {turn.role for turn in draft.sources}
         speakers = {turn.speaker for turn in draft.sources}
         fact = Fact.new(
-            scope,
+            replace(scope, project=None) if draft.about == "user" else scope,
             draft.text,
             source_ids=[turn.message_id for turn in draft.sources],
             role=roles.pop() if len(roles) == 1 else None,

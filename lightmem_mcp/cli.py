@@ -6,11 +6,16 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lightmem_mcp import __version__
 from lightmem_mcp.config import Settings, load_settings
 from lightmem_mcp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lightmem_mcp.memory import Memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,15 +124,18 @@ def _reindex(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch < 1:
         print("lightmem-mcp: --batch must be at least 1", file=sys.stderr)
         return 2
+    from lightmem_mcp.shared import holding_store
+
     try:
-        memory = Memory.open_idle(settings, reindex_batch=args.batch)
+        with holding_store(settings, "reindex"):
+            memory = Memory.open_idle(settings, reindex_batch=args.batch)
+            try:
+                print(f"re-indexed {memory.reindexed} records" if memory.reindexed else "the store is up to date")
+            finally:
+                memory.close()
     except LightMemError as exc:
         print(f"lightmem-mcp: {exc}", file=sys.stderr)
         return 1
-    try:
-        print(f"re-indexed {memory.reindexed} records" if memory.reindexed else "the store is up to date")
-    finally:
-        memory.close()
     return 0
 
 
@@ -135,10 +143,17 @@ def _serve_stdio(settings: Settings) -> int:
     """`serve` (the default): the MCP server on stdin / stdout, until stdin ends."""
     import anyio
 
-    from lightmem_mcp.server import build_server
+    from lightmem_mcp.server import MemoryProvider, SessionProjects, build_server
     from lightmem_mcp.stdio import serve_stdio
 
-    anyio.run(serve_stdio, build_server(settings))
+    provider = None
+    if settings.shared.enabled and not settings.store.qdrant_url:
+        from lightmem_mcp.shared import SharedMemory
+
+        # Every IDE window starts its own server: the first owns the store, the others forward to it.
+        provider = MemoryProvider(settings, SharedMemory.open)
+    projects = SessionProjects() if settings.server.projects else None
+    anyio.run(serve_stdio, build_server(settings, provider, projects=projects))
     return 0
 
 
@@ -193,27 +208,39 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
     """`export` / `import`: open the store without background work, move the points, report on stderr."""
     from lightmem_mcp.errors import InvalidInput, LightMemError
     from lightmem_mcp.memory import Memory
-    from lightmem_mcp.records import Scope
-    from lightmem_mcp.transfer import atomic_output, check_output, open_export
+    from lightmem_mcp.shared import holding_store
+    from lightmem_mcp.transfer import check_output
 
     if args.command == "export" and args.user is None and (args.agent or args.session):
         print("lightmem-mcp export: --agent and --session narrow a --user; give --user too", file=sys.stderr)
         return 2
+    target = None
     if args.command == "export" and args.output != "-":
         try:
             target = check_output(args.output)  # before loading any model
         except InvalidInput as exc:
             print(f"lightmem-mcp export: {exc}", file=sys.stderr)
             return 2
-    try:
-        memory = Memory.open_idle(settings)
-    except LightMemError as exc:
-        print(f"lightmem-mcp {args.command}: {exc}", file=sys.stderr)
-        return 1
+    with ExitStack() as held:
+        try:
+            held.enter_context(holding_store(settings, args.command))
+            memory = Memory.open_idle(settings)
+        except LightMemError as exc:
+            print(f"lightmem-mcp {args.command}: {exc}", file=sys.stderr)
+            return 1
+        return _move(args, memory, target)
+
+
+def _move(args: argparse.Namespace, memory: Memory, target: Path | None) -> int:
+    """The body of `export` / `import` over an open store; closes it."""
+    from lightmem_mcp.errors import InvalidInput, LightMemError
+    from lightmem_mcp.records import Scope
+    from lightmem_mcp.transfer import atomic_output, open_export
+
     try:
         if args.command == "export":
             scope = None if args.user is None else Scope(args.user, args.agent, args.session)
-            if args.output == "-":
+            if target is None:
                 done = memory.export_records(sys.stdout, scope, vectors=args.vectors)
             else:
                 with atomic_output(target) as out:

@@ -187,6 +187,39 @@ class ServerSettings(_Section):
     warmup: bool = Field(
         default=True, description="Load the models and open the store in the background right after start."
     )
+    projects: bool = Field(
+        default=True,
+        description="Stdio sessions belong to a project, from the client's roots or the working directory "
+        "(see the README's scope model); false: every session reads and writes the user's whole memory.",
+    )
+
+
+class SharedSettings(_Section):
+    """Several stdio servers on one embedded store: the first owns it, the others forward to it."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_SHARED_", extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Stdio servers on one embedded store share it through one owner; false: the store is "
+        "this process's alone, and a second server on it fails.",
+    )
+    channel: Literal["auto", "unix", "tcp"] = Field(
+        default="auto",
+        description="How front doors reach the owner: a Unix socket (auto, where the OS has them) or a loopback "
+        "port with a secret in a 0600 file (tcp, e.g. for a data directory where sockets cannot be created).",
+    )
+    handover_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a call waits for a new owner after the old one went, before failing with a "
+        "retryable error.",
+    )
+    warm_standby: bool = Field(
+        default=True,
+        description="Front doors load the embedding model in the background (~150 MB), so that taking the store "
+        "over when the owner goes takes about a second instead of the model's load time.",
+    )
 
 
 class CompressionSettings(_Section):
@@ -522,6 +555,7 @@ class Settings(BaseModel):
     search: SearchSettings = Field(default_factory=SearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    shared: SharedSettings = Field(default_factory=SharedSettings)
     compression: CompressionSettings = Field(default_factory=CompressionSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)

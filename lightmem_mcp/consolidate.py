@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -45,7 +45,7 @@ from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.indexing import RecordWriter
 from lightmem_mcp.lease import Leases, scope_key
 from lightmem_mcp.llm import LLMClient
-from lightmem_mcp.records import Fact, LLMCall, RecordFilter, Scope, record_id
+from lightmem_mcp.records import GLOBAL, Fact, LLMCall, RecordFilter, Scope, record_id
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 
@@ -143,7 +143,7 @@ class Consolidator:
                 "consolidation needs an LLM to judge updates: set LIGHTMEM_LLM_PROVIDER (and its key)"
             )
         if scope is None:
-            users = sorted({user for user, _, _ in self._store.pending_scopes(_MAX_SCOPES, "fact", "extracted")})
+            users = sorted({each.user_id for each in self._store.pending_scopes(_MAX_SCOPES, "fact", "extracted")})
             scopes = [Scope(user) for user in users]
         else:
             scopes = [scope]
@@ -198,9 +198,13 @@ class Consolidator:
         tally.targets += len(targets)
         done: set[str] = set()  # targets superseded by this run
         size = self._settings.targets_per_call
-        groups = [targets[i : i + size] for i in range(0, len(targets), size)]
-        for number, group in enumerate(groups, start=1):
-            decisions, call = self._decide(scope, group)
+        # One tier per call, so that each call is accounted to the tier whose facts it decided.
+        tiers: dict[str | None, list[_Target]] = {}
+        for target in targets:
+            tiers.setdefault(target.fact.scope.project, []).append(target)
+        groups = [(project, same[i : i + size]) for project, same in tiers.items() for i in range(0, len(same), size)]
+        for number, (project, group) in enumerate(groups, start=1):
+            decisions, call = self._decide(replace(scope, project=project), group)
             tally.calls += 1
             for target, decision in zip(group, decisions, strict=True):
                 if decision is None or decision.action == "ignore" or target.fact.id in done:
@@ -238,6 +242,7 @@ class Consolidator:
             stages=("extracted",),
             since_ts=since_ts,
             until_ts=until_ts,
+            project=scope.project,
         )
         found = self._store.scroll(where, _MAX_FACTS, with_vectors=True)
         return sorted((Fact.read(p) for p in found), key=lambda f: f.order)
@@ -247,13 +252,16 @@ class Consolidator:
         targets: dict[str, _Target] = {}
         for newer in candidates:
             vector = newer.dense or self._embedder.embed_query(newer.text)
-            # Older facts of the same user (and agent, when the fact has one), in any session.
+            # Older facts of the same user (and agent, when the fact has one), in any session, and
+            # of the same tier: one project's facts never update another's, nor the global tier's.
             where = RecordFilter(
                 scope.user_id,
                 newer.scope.agent_id,
                 kinds=("fact",),
                 statuses=("active",),
                 until_ts=newer.event_ts,
+                project=newer.scope.project or GLOBAL,
+                exact_project=True,
             )
             for point in self._store.nearest(vector, where, self._settings.top_k):
                 older = Fact.read(point)

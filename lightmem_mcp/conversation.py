@@ -49,6 +49,7 @@ def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: floa
         since_ts=since_ts,
         until_ts=until_ts,
         exact_scope=True,
+        project=scope.project,
     )
     return sorted((Turn.read(p) for p in store.scroll(where, _MAX_READ)), key=lambda t: t.order)
 
@@ -74,6 +75,7 @@ def preceding(
         since_ts=event_ts - count * gap_s,
         until_ts=event_ts,
         exact_scope=True,
+        project=scope.project,
     )
     # The newest few by event time are enough, unless they all share one time (a session stored
     # with one date): then read every turn of that time, to order them by when they were stored.

@@ -17,6 +17,7 @@ from lightmem_mcp.indexing import store_layout
 from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.privacy import exposed
+from lightmem_mcp.shared import describe_owner
 from lightmem_mcp.store import open_store
 
 
@@ -47,13 +48,21 @@ def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
         e = embedder[0]
         return {"model": e.id, "dimension": e.dimension, "device": e.device, "source": e.origin}
 
+    owner: dict[str, Any] = {}
+
+    def ownership() -> dict[str, Any]:
+        owner.update(describe_owner(settings))
+        return owner
+
     def store() -> dict[str, Any]:
+        kind = "qdrant server" if settings.store.qdrant_url else "embedded qdrant edge"
+        where = settings.store.qdrant_url or str(settings.store.embedded_path)
+        if owner.get("owner_pid"):  # open in a server now: reading it here would fail on its lock
+            return {"backend": kind, "location": where, "served_by_pid": owner["owner_pid"]}
         e = embedder[0]
         lexical = LexicalEncoder()
         opened = open_store(settings.store, store_layout(e, lexical))
         try:
-            kind = "qdrant server" if settings.store.qdrant_url else "embedded qdrant edge"
-            where = settings.store.qdrant_url or str(settings.store.embedded_path)
             return {"backend": kind, "location": where, "collection": settings.store.collection}
         finally:
             opened.close()
@@ -73,6 +82,8 @@ def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
 
     # Before the store check: opening the store makes its directory private, which would hide the finding.
     check("privacy", False, lambda: check_privacy(settings))
+    if not settings.store.qdrant_url:
+        check("owner", False, ownership)
     check("embedding", True, embedding)
     if embedder:
         check("store", True, store)

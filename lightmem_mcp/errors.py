@@ -27,3 +27,7 @@ class BackendUnavailable(LightMemError):
 
 class SchemaMismatch(BackendUnavailable):
     """The store was written with another schema or embedding dimension than configured."""
+
+
+class StoreInUse(BackendUnavailable):
+    """Another process has the embedded store open."""

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.records import LLMCall, Scope, Turn
@@ -38,12 +39,37 @@ Answer with JSON only, in this shape:
 {"facts": [{"fact": "The user adopted a cat named Luna on 2023-05-13.", "sources": [1]}]}
 If nothing is worth remembering, answer {"facts": []}."""
 
+# Appended for a conversation in a project: the facts about the person go to the global tier, which
+# every project reads; the rest stay in the project. Without a project everything is global, so the
+# question is not asked (no tokens spent on it).
+ABOUT_PROMPT = """
+Add "about": "user" to each lasting fact about the person rather than the work at hand \
+(preferences, identity, habits, relationships: "The user prefers tabs over spaces."), and \
+"about": "context" to every other fact."""
+
+
+def extraction_prompt(scope: Scope) -> str:
+    """The system prompt of an extraction call for the scope."""
+    return EXTRACTION_PROMPT + ABOUT_PROMPT if scope.project else EXTRACTION_PROMPT
+
+
+# What a fact is about: the person (stored in the user's global tier, whatever project the
+# conversation is in) or the work at hand (stored in the conversation's project).
+About = Literal["user", "context"]
+
 
 class ExtractedFact(BaseModel):
     """One fact as the LLM returns it."""
 
     fact: str = Field(min_length=1)
     sources: list[int] = Field(min_length=1)
+    about: About = "context"
+
+    @field_validator("about", mode="before")
+    @classmethod
+    def _about(cls, value: object) -> About:
+        # Anything but a clear "user" keeps the fact in the conversation's own tier.
+        return "user" if isinstance(value, str) and value.strip().lower() == "user" else "context"
 
 
 class ExtractionAnswer(BaseModel):
@@ -85,6 +111,7 @@ class DraftFact:
 
     text: str
     sources: tuple[BufferedTurn, ...]
+    about: About = "context"
 
 
 class FactExtractor:
@@ -98,7 +125,7 @@ class FactExtractor:
         numbered = [turn for segment in segments for turn in segment]
         result = self._llm.complete_json(
             EXTRACTION_PURPOSE,
-            EXTRACTION_PROMPT,
+            extraction_prompt(scope),
             render_batch(segments),
             ExtractionAnswer,
             scope=scope,
@@ -111,7 +138,7 @@ class FactExtractor:
             if not sources or not text:
                 log.warning("dropped a fact citing no message of the batch: sources %s", item.sources)
                 continue
-            drafts.append(DraftFact(text, sources))
+            drafts.append(DraftFact(text, sources, item.about))
         return drafts, result.call
 
 

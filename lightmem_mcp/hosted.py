@@ -80,7 +80,7 @@ class HostedApp:
     metrics: Metrics
 
 
-def build_app(settings: Settings, transport: Transport, provider: MemoryProvider | None = None) -> HostedApp:
+def build_app(settings: Settings, transport: Transport, provider: MemoryProvider[Memory] | None = None) -> HostedApp:
     """The HTTP app for `transport`; raises `ConfigError` when the auth settings are unusable."""
     http = settings.http
     metrics = Metrics()
@@ -168,7 +168,7 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
     return HostedApp(app, metrics)
 
 
-async def readiness(provider: MemoryProvider, settings: Settings) -> dict[str, dict[str, Any]]:
+async def readiness(provider: MemoryProvider[Memory], settings: Settings) -> dict[str, dict[str, Any]]:
     """Named checks, each with `ok`: store reachable, models loaded, LLM configured or deliberately off."""
     llm = settings.llm
     checks: dict[str, dict[str, Any]] = {

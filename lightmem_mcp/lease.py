@@ -58,7 +58,10 @@ class Leases(Protocol):
 
 def scope_key(scope: Scope) -> str:
     """A short, stable key for a scope that carries no user id in clear."""
-    raw = "\x1f".join([scope.user_id, scope.agent_id or "", scope.session_id or ""])
+    parts = [scope.user_id, scope.agent_id or "", scope.session_id or ""]
+    if scope.project:  # the global tier keeps the key it had before projects existed
+        parts.append(scope.project)
+    raw = "\x1f".join(parts)
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from lightmem_mcp.api import (
     AddResult,
@@ -60,6 +60,7 @@ from lightmem_mcp.recall import (
     pack,
 )
 from lightmem_mcp.records import (
+    GLOBAL,
     KINDS,
     MAX_ID_CHARS,
     SPEAKER_FIELD,
@@ -87,6 +88,66 @@ from lightmem_mcp.transfer import export_points, import_points
 _MAX_VERSIONS = 100
 # Speaker names looked at to tell whether a query names one.
 _MAX_SPEAKERS = 256
+
+
+class MemoryService(Protocol):
+    """The calls the MCP tools make: a `Memory`, or a stdio server's `shared.SharedMemory`, which
+    forwards them to the process that owns the store."""
+
+    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult: ...
+    def search(
+        self,
+        query: str,
+        scope: Scope,
+        limit: int = 10,
+        filters: SearchFilters | None = None,
+        mode: SearchMode | None = None,
+        context: int = 0,
+    ) -> SearchResult: ...
+    def recall(
+        self,
+        query: str,
+        scope: Scope,
+        max_tokens: int,
+        context: int,
+        filters: SearchFilters | None = None,
+        compress: bool = False,
+    ) -> RecallResult: ...
+    def get(self, ids: Sequence[str], scope: Scope) -> GetResult: ...
+    def list(
+        self,
+        scope: Scope,
+        kinds: Sequence[Kind] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_superseded: bool = False,
+    ) -> ListResult: ...
+    def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult: ...
+    def forget(self, scope: Scope, confirm: bool) -> int: ...
+    def flush(self, scope: Scope) -> FlushResult: ...
+    def consolidate(
+        self,
+        scope: Scope | None,
+        since: str | None = None,
+        until: str | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> ConsolidateResult: ...
+    def summarize(
+        self,
+        scope: Scope,
+        window: Window = "all",
+        since: str | None = None,
+        until: str | None = None,
+        topic: str | None = None,
+        progress: Progress | None = None,
+    ) -> SummarizeResult: ...
+    def history(self, record: str, scope: Scope) -> HistoryResult: ...
+    def compress(
+        self, text: str, rate: float | None = None, target_tokens: int | None = None, force_tokens: Sequence[str] = ()
+    ) -> Compression: ...
+    def stats(self, scope: Scope) -> StatsResult: ...
+    def close(self) -> None: ...
 
 
 class Memory:
@@ -143,11 +204,13 @@ class Memory:
         self._ranking = Ranking.from_settings(settings.search)
 
     @classmethod
-    def open(cls, settings: Settings, observers: Sequence[MemoryObserver] = ()) -> Memory:
-        """The serving memory: load the embedder, open the configured store, and start the background
-        work (compressor load, extraction of buffers filled before a restart, sleep-time schedule).
-        Blocking: seconds on first load."""
-        embedder, lexical, store = _open(settings)
+    def open(
+        cls, settings: Settings, observers: Sequence[MemoryObserver] = (), embedder: Embedder | None = None
+    ) -> Memory:
+        """The serving memory: load the embedder (unless one is given, already loaded), open the
+        configured store, and start the background work (compressor load, extraction of buffers filled
+        before a restart, sleep-time schedule). Blocking: seconds on first load."""
+        embedder, lexical, store = _open(settings, embedder)
         compressor = Compressor(settings.compression)
         # The LLMLingua-2 model may take minutes to download; until it is ready, messages are
         # stored uncompressed (marked "loading") rather than kept waiting.
@@ -341,13 +404,11 @@ class Memory:
             edges = [versions[i] for i in frontier]
             linked = {i for version in edges if isinstance(version, Fact) for i in version.supersedes}
             linked |= {v.superseded_by for v in edges if v.superseded_by}
-            where = RecordFilter(scope.user_id, kinds=KINDS, superseded_by=tuple(frontier))
+            where = RecordFilter(scope.user_id, kinds=KINDS, superseded_by=tuple(frontier), project=scope.project)
             replaced = [view(p) for p in self.store.scroll(where, _MAX_VERSIONS)]
             linked -= versions.keys()
             fetched = (
-                self.store.scroll(RecordFilter(scope.user_id, kinds=KINDS, ids=tuple(linked)), _MAX_VERSIONS)
-                if linked
-                else []
+                self.store.scroll(replace(where, superseded_by=(), ids=tuple(linked)), _MAX_VERSIONS) if linked else []
             )
             fresh = {r.id: r for r in [*map(view, fetched), *replaced] if r.id not in versions}
             versions.update(fresh)
@@ -485,12 +546,14 @@ class Memory:
     def names_speaker(self, query: str, scope: Scope) -> bool:
         """Whether the query names someone who speaks in the scope's memories; hybrid search then
         fuses with the `named_*` settings (see fusion.py)."""
-        return self._names_speaker(self.lexical.query_terms(query), RecordFilter(scope.user_id, scope.agent_id))
+        where = RecordFilter(scope.user_id, scope.agent_id, project=scope.project)
+        return self._names_speaker(self.lexical.query_terms(query), where)
 
     def _names_speaker(self, terms: Sequence[int], where: RecordFilter) -> bool:
         if not terms:
             return False
-        speakers = self.store.values(SPEAKER_FIELD, RecordFilter(where.user_id, where.agent_id), _MAX_SPEAKERS)
+        within = RecordFilter(where.user_id, where.agent_id, project=where.project)
+        speakers = self.store.values(SPEAKER_FIELD, within, _MAX_SPEAKERS)
         named = {term for name in speakers for term in self.lexical.query_terms(name)}
         return not named.isdisjoint(terms)
 
@@ -536,6 +599,7 @@ class Memory:
             session_id=scope.session_id,
             kinds=tuple(kinds or KINDS),
             statuses=() if include_superseded else ("active",),
+            project=scope.project,
         )
         page = [view(p) for p in self.store.scroll(where, limit + 1, before_ts, skip)]
         more = len(page) > limit
@@ -551,22 +615,25 @@ class Memory:
         return ListResult(records=[_record(r) for r in page], next_cursor=next_cursor)
 
     def count(self, scope: Scope) -> int:
-        """How many records the scope holds."""
+        """How many records the scope reads (a project's and the global tier's)."""
         _check_scope(scope)
-        return self.store.count(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS))
+        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project)
+        return self.store.count(where)
 
     # -- deleting ------------------------------------------------------------------------
 
     def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult:
-        """Delete records by id within the scope."""
+        """Delete records by id among those the scope reads (a project's and the global tier's)."""
         found = self._fetch(ids, scope)
         if found:
-            self.store.delete(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, ids=tuple(found)))
+            where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, project=scope.project)
+            self.store.delete(replace(where, ids=tuple(found)))
         unique = list(dict.fromkeys(ids))
         return DeleteResult(deleted=[i for i in unique if i in found], missing=[i for i in unique if i not in found])
 
     def forget(self, scope: Scope, confirm: bool) -> int:
-        """Delete everything in the scope; returns how many records went."""
+        """Delete everything in the scope; returns how many records went. A project's forget deletes
+        that project's records alone, never the global tier that it reads too."""
         _check_scope(scope)
         if confirm is not True:
             raise InvalidInput(
@@ -574,10 +641,12 @@ class Memory:
                 f"forget deletes every memory of user {scope.user_id!r}"
                 + (f", agent {scope.agent_id!r}" if scope.agent_id else "")
                 + (f", session {scope.session_id!r}" if scope.session_id else "")
+                + (f" in project {scope.project!r}" if scope.project else "")
+                + (" in the global tier (no project)" if scope.project == GLOBAL else "")
                 + " and cannot be undone: call again with confirm=true",
             )
-        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id)
-        count = self.count(scope)
+        where = RecordFilter.owned_by(scope)
+        count = self.store.count(replace(where, kinds=KINDS))
         self.store.delete(where)  # the scope's LLM usage ledger goes with it
         return count
 
@@ -599,7 +668,9 @@ class Memory:
                     f"ids[{index}]", f"{value!r} is not a memory id (ids look like 'a1b2…-…', as search returns)"
                 ) from None
         unique = tuple(dict.fromkeys(ids))
-        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, ids=unique)
+        where = RecordFilter(
+            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, ids=unique, project=scope.project
+        )
         return {p.id: view(p) for p in self.store.scroll(where, len(unique))}
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
@@ -615,6 +686,7 @@ class Memory:
             statuses=("active", "superseded") if filters.include_superseded else ("active",),
             since_ts=bounds[0],
             until_ts=bounds[1],
+            project=scope.project,
         )
 
     def _check_limit(self, limit: int) -> None:
@@ -649,17 +721,17 @@ class Memory:
         return store_layout(self.embedder, self.lexical)
 
 
-def _open(settings: Settings) -> tuple[Embedder, LexicalEncoder, VectorStore]:
+def _open(settings: Settings, embedder: Embedder | None = None) -> tuple[Embedder, LexicalEncoder, VectorStore]:
     """The embedder, the lexical encoder and the configured store laid out for them."""
-    embedder = SentenceTransformerEmbedder(settings.embedding)
+    embedder = embedder or SentenceTransformerEmbedder(settings.embedding)
     lexical = LexicalEncoder()
     return embedder, lexical, open_store(settings.store, store_layout(embedder, lexical))
 
 
 def _check_scope(scope: Scope) -> None:
-    for name in ("user_id", "agent_id", "session_id"):
+    for name in ("user_id", "agent_id", "session_id", "project"):
         value = getattr(scope, name)
-        if value is None:
+        if value is None or (name == "project" and value == GLOBAL):
             continue
         if is_blank(value):
             raise InvalidInput(name, "empty: omit it or give a non-blank id")
@@ -753,6 +825,8 @@ def _record(record: Record) -> MemoryRecord:
             "user_id": scope.user_id,
             "agent_id": scope.agent_id,
             "session_id": scope.session_id,
+            "project": scope.project,
+            "tier": record.tier,
             "topic_id": record.topic_id,
             "event_time": record.event_time,
             "created_at": from_epoch(record.created_ts),
@@ -772,6 +846,8 @@ def _hit(record: Record) -> SearchHit:
             "role": record.role,
             "speaker": record.speaker,
             "session_id": record.scope.session_id,
+            "project": record.scope.project,
+            "tier": record.tier,
             "source_ids": record.source_ids,
         }
     )

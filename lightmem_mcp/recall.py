@@ -119,6 +119,8 @@ def _block(group: list[Record], texts: dict[str, str], adjacent: set[tuple[str, 
     return RecallBlock(
         kind=first.kind,
         session_id=first.scope.session_id,
+        project=first.scope.project,
+        tier=first.tier,
         start_time=start,
         end_time=end,
         ids=[r.id for r in group],

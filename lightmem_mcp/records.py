@@ -23,6 +23,8 @@ from lightmem_mcp.timestamps import from_epoch
 
 Role = Literal["user", "assistant", "system", "tool"]
 Kind = Literal["turn", "fact", "summary"]
+# Where a record comes from: a project, or the user's global tier (no project).
+Tier = Literal["project", "global"]
 # "deleted" is never stored (delete and forget remove records outright); it stays in the published
 # schema of get_memory / list_memories results, which clients may validate against.
 Status = Literal["active", "superseded", "deleted"]
@@ -44,13 +46,27 @@ def is_blank(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
+# The project of the user's global tier: memories that belong to no project (every record stored
+# before projects existed is in it).
+GLOBAL = ""
+
+
 @dataclass(frozen=True)
 class Scope:
-    """Whose memory: a user, optionally narrowed to one agent and one session."""
+    """Whose memory: a user, optionally narrowed to one agent and one session, and to a project."""
 
     user_id: str = "default"
     agent_id: str | None = None
     session_id: str | None = None
+    # None: no project narrowing (reads see every tier, writes go to the global tier); GLOBAL: the
+    # global tier alone, for reads and writes; a project id: writes go to that project, reads see
+    # that project and the global tier.
+    project: str | None = None
+
+    @property
+    def stored(self) -> Scope:
+        """The scope as its records carry it: GLOBAL and None both write to the global tier (None)."""
+        return self if self.project != GLOBAL else replace(self, project=None)
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,18 @@ class RecordFilter:
     term: int | None = None
     # True: agent_id / session_id of None mean "unset" rather than "any" (the buffer of one scope).
     exact_scope: bool = False
+    # The tier rule (see `Scope.project`): None: any tier (the global tier alone in an exact scope);
+    # GLOBAL: the global tier; a project id: that project and the global tier.
+    project: str | None = None
+    # True: a project id means that project alone, without the global tier (as in an exact scope).
+    exact_project: bool = False
+
+    @classmethod
+    def owned_by(cls, scope: Scope) -> RecordFilter:
+        """What belongs to the scope, as forget deletes it and export writes it: with a project, that
+        project's records alone (not the global tier it reads); with GLOBAL, the global tier's; with
+        None, every tier's."""
+        return cls(scope.user_id, scope.agent_id, scope.session_id, project=scope.project, exact_project=True)
 
     def equal(self) -> list[tuple[str, str]]:
         """Fields that must hold exactly this value: the user, and agent / session when given."""
@@ -85,6 +113,15 @@ class RecordFilter:
         if not self.exact_scope:
             return []
         return [key for key, value in (("agent_id", self.agent_id), ("session_id", self.session_id)) if value is None]
+
+    def tiers(self) -> tuple[tuple[str, ...], bool] | None:
+        """The project condition: the projects a record may belong to, and whether the global tier (no
+        project) matches too; None when every tier matches."""
+        if self.project is None:
+            return ((), True) if self.exact_scope else None
+        if self.project == GLOBAL:
+            return (), True
+        return (self.project,), not (self.exact_scope or self.exact_project)
 
     def any_of(self) -> list[tuple[str, list[str]]]:
         """Fields that must hold one of several values."""
@@ -141,7 +178,9 @@ _ID_NAMESPACE = uuid.UUID("6f1c2a44-5f0e-4d4e-9a57-3c1f7d0e8b21")
 
 def record_id(scope: Scope, kind: str, key: str) -> str:
     """The deterministic id of a record of `kind` identified by `key` within `scope`."""
-    parts = (scope.user_id, scope.agent_id or "", scope.session_id or "", kind, key)
+    parts = [scope.user_id, scope.agent_id or "", scope.session_id or "", kind, key]
+    if scope.project:  # the global tier hashes as before projects existed: every stored id stays
+        parts.append(scope.project)
     return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(parts)))
 
 
@@ -198,6 +237,8 @@ class LLMCall(BaseModel):
 # store written by an older lightmem-mcp reads the same.
 
 LEDGER_KIND = "llm_call"
+# The payload field of a record's project; absent in the global tier.
+PROJECT_FIELD = "project"
 # The payload field of speaker names, read as a facet to tell whether a query names one.
 SPEAKER_FIELD = "speaker"
 PROGRESS_KIND = "progress"
@@ -237,12 +278,20 @@ def _entries(payload: Mapping[str, object], key: str) -> list[dict[str, object]]
 
 
 def _scope_fields(scope: Scope) -> dict[str, object]:
-    return {"user_id": scope.user_id, "agent_id": scope.agent_id, "session_id": scope.session_id}
+    fields: dict[str, object] = {"user_id": scope.user_id, "agent_id": scope.agent_id, "session_id": scope.session_id}
+    if scope.project:  # written only for a project, so records of the global tier stay as they were
+        fields[PROJECT_FIELD] = scope.project
+    return fields
 
 
 def scope_of(payload: Mapping[str, object]) -> Scope:
-    """The exact scope a stored point belongs to."""
-    return Scope(str(payload.get("user_id")), _text(payload, "agent_id"), _text(payload, "session_id"))
+    """The exact scope a stored point belongs to (project None: the global tier)."""
+    return Scope(
+        str(payload.get("user_id")),
+        _text(payload, "agent_id"),
+        _text(payload, "session_id"),
+        _text(payload, PROJECT_FIELD) or None,
+    )
 
 
 def kind_of(payload: Mapping[str, object]) -> str:
@@ -301,6 +350,11 @@ class Record:
     def scope(self) -> Scope:
         """The exact scope it was stored in."""
         return scope_of(self.payload)
+
+    @property
+    def tier(self) -> Tier:
+        """project, or global (no project: every record stored before projects existed)."""
+        return "project" if self.scope.project else "global"
 
     @property
     def text(self) -> str:

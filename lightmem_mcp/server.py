@@ -4,18 +4,22 @@
 # their Field descriptions use configured limits.
 import logging
 import threading
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import anyio
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import ListRoots, Resolve
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from mcp.types import ToolAnnotations
+from mcp.types import ListRootsResult, ToolAnnotations
 from pydantic import Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
@@ -44,19 +48,21 @@ from lightmem_mcp.auth import Forbidden, acting_user, check_access
 from lightmem_mcp.compressor import MAX_FORCE_TOKENS
 from lightmem_mcp.config import Settings
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
-from lightmem_mcp.memory import MAX_CONTEXT, Memory
+from lightmem_mcp.memory import MAX_CONTEXT, Memory, MemoryService
+from lightmem_mcp.projects import Project, project_from_cwd, project_from_roots, project_of
 from lightmem_mcp.recall import (
     DEFAULT_RECALL_CONTEXT,
     DEFAULT_RECALL_TOKENS,
     MAX_RECALL_TOKENS,
     MIN_RECALL_TOKENS,
 )
-from lightmem_mcp.records import MAX_ID_CHARS, Kind, Scope
+from lightmem_mcp.records import GLOBAL, MAX_ID_CHARS, Kind, Scope
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S", bound=MemoryService)
 Access = Literal["read", "write", "admin"]
 
 INSTRUCTIONS = """\
@@ -70,6 +76,8 @@ from them (kind "fact"); source_ids name the messages each one comes from."""
 # Size limits of the free-text arguments that have no configured one.
 MAX_TOPIC_CHARS = 500
 MAX_TOKEN_CHARS = 100
+# A project argument may be a folder path.
+MAX_PROJECT_CHARS = 4096
 # A cursor lists the ids of records tied at a page's boundary time: room for about 1,900 of them.
 MAX_CURSOR_CHARS = 100_000
 
@@ -95,36 +103,47 @@ SessionId = Annotated[
     ),
 ]
 RecordId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+ProjectArg = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_PROJECT_CHARS,
+        description="Optional: the project tier. Default: this session's project (from your client's roots or "
+        "working directory), read together with the user's global memories. A project id (as `project` in "
+        'results) or an absolute folder path picks another project; "global" reads and writes only the '
+        'user\'s global tier (what holds everywhere: preferences, identity); "all" reads every project; '
+        f"at most {MAX_PROJECT_CHARS} characters.",
+    ),
+]
 Filters = Annotated[SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")]
 Time = Annotated[str | None, Field(max_length=MAX_TIME_CHARS)]
 
 
-class MemoryProvider:
-    """Builds the `Memory` once, off the event loop, so `initialize` never waits for models."""
+class MemoryProvider(Generic[S]):
+    """Builds the memory service once, off the event loop, so `initialize` never waits for models."""
 
-    def __init__(self, settings: Settings, factory: Callable[[Settings], Memory] = Memory.open) -> None:
+    def __init__(self, settings: Settings, factory: Callable[[Settings], S]) -> None:
         self._settings = settings
         self._factory = factory
         self._lock = threading.Lock()
-        self._future: Future[Memory] | None = None
+        self._future: Future[S] | None = None
 
-    def start(self) -> Future[Memory]:
+    def start(self) -> Future[S]:
         """Begin loading unless it is loading or loaded; a failed load is retried."""
         with self._lock:
             if self._future is None or (self._future.done() and self._future.exception() is not None):
-                future: Future[Memory] = Future()
+                future: Future[S] = Future()
                 self._future = future
                 threading.Thread(target=self._load, args=(future,), name="lightmem-load", daemon=True).start()
             return self._future
 
-    def _load(self, future: Future[Memory]) -> None:
+    def _load(self, future: Future[S]) -> None:
         try:
             future.set_result(self._factory(self._settings))
         except BaseException as exc:  # handed to every caller, logged once here
             log.error("memory backend unavailable: %s", exc)
             future.set_exception(exc)
 
-    async def get(self) -> Memory:
+    async def get(self) -> S:
         """The ready service; raises `BackendUnavailable` when loading failed."""
         future = self.start()
         try:
@@ -144,24 +163,70 @@ class MemoryProvider:
             await anyio.to_thread.run_sync(memory.close)
 
 
+# What the `project` argument accepts besides a project id or a folder.
+ALL_PROJECTS = "all"
+GLOBAL_TIER = "global"
+# How long a session's project (from its client's roots) is reused before the roots are asked again.
+ROOTS_TTL_S = 60.0
+
+
+class SessionProjects:
+    """The project each MCP session works in: its client's first root that is a project folder (when
+    the client offers roots), else the server's working directory. Only stdio servers have one; over
+    HTTP every caller's scope is explicit.
+
+    The roots are asked through the SDK's resolver (`ListRoots`), which speaks both protocol eras: a
+    request to the client mid-call (2025-11-25), or an input-required round (2026-07-28). A session's
+    answer is reused for `ROOTS_TTL_S`.
+    """
+
+    def __init__(self, cwd: Path | None = None) -> None:
+        self._cwd = cwd
+        self._known: weakref.WeakKeyDictionary[object, tuple[float, ListRootsResult]] = weakref.WeakKeyDictionary()
+
+    async def roots(self, ctx: Context) -> ListRoots | ListRootsResult | None:
+        """The resolver of a tool's `roots` parameter: the session's roots, known or to be asked."""
+        capabilities = ctx.client_capabilities
+        if capabilities is None or capabilities.roots is None:
+            return None
+        with suppress(TypeError):  # a session object that cannot be weakly referenced is asked each time
+            known = self._known.get(ctx.session)
+            if known is not None and time.monotonic() - known[0] < ROOTS_TTL_S:
+                return known[1]
+        return ListRoots()
+
+    async def of(self, ctx: Context, roots: ListRootsResult | None) -> Project | None:
+        """The session's project: from its roots, else from the working directory."""
+        project = None
+        if roots is not None:
+            with suppress(TypeError):
+                self._known.setdefault(ctx.session, (time.monotonic(), roots))
+            project = await anyio.to_thread.run_sync(project_from_roots, [str(root.uri) for root in roots.roots])
+        if project is None:
+            project = await anyio.to_thread.run_sync(project_from_cwd, self._cwd)
+        return project
+
+
 def build_server(
     settings: Settings,
-    provider: MemoryProvider | None = None,
+    provider: MemoryProvider[Any] | None = None,
     *,
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
     close_on_exit: bool = True,
+    projects: SessionProjects | None = None,
 ) -> MCPServer:
     """The MCP server with every tool registered over one `MemoryProvider`.
 
     `auth` and `token_verifier` protect the HTTP transports (see `hosted.py`). The SSE transport
     enters the lifespan once per connection, so the HTTP app passes `close_on_exit=False` and
-    closes the provider itself, once, at shutdown.
+    closes the provider itself, once, at shutdown. With `projects` (stdio), each session works in
+    its project by default (see the README's scope model).
     """
-    memory_provider = provider or MemoryProvider(settings)
+    memory_provider: MemoryProvider[Any] = provider or MemoryProvider(settings, Memory.open)
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer) -> AsyncIterator[MemoryProvider]:
+    async def lifespan(_: MCPServer) -> AsyncIterator[MemoryProvider[Any]]:
         if settings.server.warmup:
             memory_provider.start()
         try:
@@ -179,7 +244,7 @@ def build_server(
         auth=auth,
         token_verifier=token_verifier,
     )
-    _register_tools(server, memory_provider, settings)
+    _register_tools(server, memory_provider, settings, projects)
     _make_arguments_strict(server)
     return server
 
@@ -230,17 +295,39 @@ def _make_arguments_strict(server: MCPServer) -> None:
         tool.parameters = loose.arg_model.model_json_schema(by_alias=True, schema_generator=_ClosedObjects)
 
 
-def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Settings) -> None:
+def _register_tools(
+    server: MCPServer, provider: MemoryProvider[Any], settings: Settings, projects: SessionProjects | None
+) -> None:
     limits = settings.limits
 
-    def scope_of(user_id: str, agent_id: str | None, session_id: str | None) -> Scope:
-        """The scope a tool call acts on: with an access token (HTTP), the user is the token's tenant."""
+    async def no_roots(ctx: Context) -> None:
+        return None
+
+    # Filled by the SDK before each call (never an argument): the session's roots, when it has a project.
+    ClientRoots = Annotated[ListRootsResult | None, Resolve(projects.roots if projects else no_roots)]
+
+    async def scope_of(
+        ctx: Context,
+        user_id: str,
+        agent_id: str | None,
+        session_id: str | None,
+        project: str | None,
+        roots: ListRootsResult | None = None,
+    ) -> Scope:
+        """The scope a tool call acts on: with an access token (HTTP), the user is the token's tenant;
+        the project tier is the argument's, else the session's."""
         try:
-            return Scope(acting_user(user_id), agent_id, session_id)
+            user = acting_user(user_id)
         except Forbidden as exc:
             raise ToolError(str(exc)) from exc
+        if project is None:
+            found = await projects.of(ctx, roots) if projects is not None else None
+            tier = found.id if found is not None else None
+        else:
+            tier = await anyio.to_thread.run_sync(_named_project, project)
+        return Scope(user, agent_id, session_id, tier)
 
-    async def run(call: Callable[[Memory], T], access: Access = "read") -> T:
+    async def run(call: Callable[[MemoryService], T], access: Access = "read") -> T:
         """Run a service call in a worker thread; domain errors become tool errors.
 
         `access` is what the call needs from the caller's credentials: read, write or admin.
@@ -258,6 +345,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         )
     )
     async def add_memory(
+        ctx: Context,
         messages: Annotated[
             list[Message],
             Field(
@@ -268,14 +356,22 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> AddResult:
         """Store conversation messages in long-term memory. Each message is kept verbatim and is
         searchable as soon as this returns. Re-sending a message with the same id replaces it."""
-        scope = scope_of(user_id, agent_id, session_id)
+        if project == ALL_PROJECTS:
+            raise ToolError(
+                'project: "all" is for reading every project; a message is stored in one: omit project (this '
+                'session\'s), or give "global" or a project'
+            )
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.add(messages, scope), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Search memory", read_only_hint=True, idempotent_hint=True))
     async def search_memory(
+        ctx: Context,
         query: Annotated[
             str,
             Field(
@@ -289,6 +385,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         agent_id: AgentId = None,
         session_id: SessionId = None,
         filters: Filters = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
         context: Annotated[
             int,
             Field(
@@ -301,11 +399,12 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         """Search long-term memory by meaning and keywords. Returns the best matches with their
         text, time, speaker and the ids of the messages they come from; with `context`, also the
         turns around each hit."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.search(query, scope, limit, filters, context=context))
 
     @server.tool(annotations=ToolAnnotations(title="Recall for a prompt", read_only_hint=True, idempotent_hint=True))
     async def recall(
+        ctx: Context,
         query: Annotated[
             str,
             Field(
@@ -339,16 +438,19 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         agent_id: AgentId = None,
         session_id: SessionId = None,
         filters: Filters = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> RecallResult:
         """Call before answering a question that may depend on earlier conversations: returns the most
         relevant memories with the turns around them, packed into at most `max_tokens` tokens, grouped
         by session in time order, each block citing its message ids and time. Put `context` in your
         prompt."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.recall(query, scope, max_tokens, context, filters, compress))
 
     @server.tool(annotations=ToolAnnotations(title="Get memories", read_only_hint=True, idempotent_hint=True))
     async def get_memory(
+        ctx: Context,
         ids: Annotated[
             list[RecordId],
             Field(
@@ -359,16 +461,21 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> GetResult:
         """Read whole memory records by id, including the original message text."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.get(ids, scope))
 
     @server.tool(annotations=ToolAnnotations(title="List memories", read_only_hint=True, idempotent_hint=True))
     async def list_memories(
+        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
         kinds: Annotated[list[Kind] | None, Field(description="Only these kinds: turn, fact, summary.")] = None,
         limit: Annotated[int, Field(description=f"Page size, 1 to {limits.max_results}.")] = 20,
         cursor: Annotated[
@@ -383,7 +490,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         ] = False,
     ) -> ListResult:
         """List memory records page by page, newest event first."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.list(scope, kinds, limit, cursor, include_superseded))
 
     @server.tool(
@@ -392,13 +499,16 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         )
     )
     async def delete_memory(
+        ctx: Context,
         ids: Annotated[list[RecordId], Field(description=f"Record ids to delete; at most {limits.max_ids_per_call}.")],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> DeleteResult:
         """Permanently delete memory records by id. Ids not in this scope are reported missing."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.delete(ids, scope), "write")
 
     @server.tool(
@@ -407,15 +517,18 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         )
     )
     async def forget(
+        ctx: Context,
         confirm: Annotated[
             bool, Field(description="Must be the JSON boolean true: this deletes every memory in the scope.")
         ],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> ForgetResult:
         """Permanently delete every memory of a user, or of one agent or session of that user."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)), "write")
 
     @server.tool(
@@ -424,13 +537,16 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         )
     )
     async def flush_memory(
+        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> FlushResult:
         """Turn the scope's buffered messages into long-term facts now, instead of waiting for the
         buffer to fill (e.g. at the end of a conversation). Messages stay searchable either way."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.flush(scope), "write")
 
     @server.tool(
@@ -443,6 +559,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
         since: Annotated[
             Time, Field(description=f"Only facts from this time on (ISO 8601, at most {MAX_TIME_CHARS} characters).")
         ] = None,
@@ -457,7 +575,7 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         """Let newer facts update older ones: details are merged into a new version, and facts a newer
         one contradicts are superseded. Nothing is deleted: superseded facts drop out of search and
         keep their history (memory_history). Uses the LLM, a few facts per call."""
-        scope = None if all_users else scope_of(user_id, agent_id, session_id)
+        scope = None if all_users else await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
         return await run(
             lambda m: m.consolidate(scope, since, until, dry_run, report), "admin" if all_users else "write"
@@ -473,6 +591,8 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
         window: Annotated[Window, Field(description="One summary for all, or one per session, day or week.")] = "all",
         since: Annotated[
             Time,
@@ -494,12 +614,13 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         store each summary as a searchable 'summary' memory citing its sources. Summarizing the same
         window again replaces its summary. Uses one LLM call per window; without an LLM the summary
         is extractive (its most central sentences)."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
         return await run(lambda m: m.summarize(scope, window, since, until, topic, report), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Memory history", read_only_hint=True, idempotent_hint=True))
     async def memory_history(
+        ctx: Context,
         id: Annotated[
             RecordId,
             Field(
@@ -509,10 +630,12 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> HistoryResult:
         """Every version of a memory: what it said before, what replaced it, when, why, and which
         newer facts it rests on."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.history(id, scope))
 
     @server.tool(annotations=ToolAnnotations(title="Compress text", read_only_hint=True, idempotent_hint=True))
@@ -552,15 +675,40 @@ def _register_tools(server: MCPServer, provider: MemoryProvider, settings: Setti
 
     @server.tool(annotations=ToolAnnotations(title="Memory statistics", read_only_hint=True, idempotent_hint=True))
     async def stats(
+        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
+        project: ProjectArg = None,
+        roots: ClientRoots = None,
     ) -> StatsResult:
         """Report what the scope holds (records by kind and status, tokens before and after compression)
         and what its LLM calls cost: calls and tokens by purpose, the estimated cost, and what the same
         traffic would have cost without compression and without batching."""
-        scope = scope_of(user_id, agent_id, session_id)
+        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.stats(scope))
+
+
+def _named_project(value: str) -> str | None:
+    """The `Scope.project` a `project` argument names: a project id, or a folder's project."""
+    if value == ALL_PROJECTS:
+        return None
+    if value == GLOBAL_TIER:
+        return GLOBAL
+    if value.startswith(("/", "~", "file:")) or (len(value) > 2 and value[1] == ":" and value[2] in "\\/"):
+        found = project_from_roots([value]) if value.startswith("file:") else project_of(Path(value).expanduser())
+        if found is None:
+            raise ToolError(
+                f"project: {value!r} is not a project folder (it does not exist, or is the home directory or the "
+                'filesystem root): give a folder inside a project, a project id, "global" or "all"'
+            )
+        return found.id
+    if not value.strip() or len(value) > MAX_ID_CHARS or any(ord(c) < 32 for c in value):
+        raise ToolError(
+            f"project: give a project id of at most {MAX_ID_CHARS} printable characters, an absolute folder path, "
+            '"global" or "all"'
+        )
+    return value
 
 
 def _progress_reporter(ctx: Context) -> Progress:

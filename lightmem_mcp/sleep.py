@@ -91,7 +91,7 @@ class SleepSchedule(MemoryObserver):
     def run_once(self, users: list[str] | None = None) -> None:
         """Consolidate the given users (default: everyone with new facts), then summarize their new days."""
         if users is None:
-            users = sorted({u for u, _, _ in self._store.pending_scopes(_MAX_SCOPES, "fact", "extracted")})
+            users = sorted({scope.user_id for scope in self._store.pending_scopes(_MAX_SCOPES, "fact", "extracted")})
         for user in users:
             done = self._consolidator.run(Scope(user))
             if done.error:

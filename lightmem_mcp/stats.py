@@ -33,7 +33,7 @@ from lightmem_mcp.api import (
     TurnStats,
 )
 from lightmem_mcp.config import PriceSettings
-from lightmem_mcp.extractor import EXTRACTION_PROMPT, EXTRACTION_PURPOSE, BufferedTurn, render_batch
+from lightmem_mcp.extractor import EXTRACTION_PURPOSE, BufferedTurn, extraction_prompt, render_batch
 from lightmem_mcp.presets import ModelPrice
 from lightmem_mcp.records import (
     KINDS,
@@ -202,7 +202,7 @@ class _ScopeTally:
             _credit(uncompressed_cost, price[1], _cost(price[0], extra, 0, 0))
 
         per_add_prompt = sum(
-            counter.count(EXTRACTION_PROMPT)
+            counter.count(extraction_prompt(add[0]))
             + counter.count(render_batch([[added.turn for added in sorted(self.adds[add], key=lambda a: a.position)]]))
             for add in self.extracted_adds
         )
@@ -276,7 +276,7 @@ class _ScopeTally:
 def collect_stats(store: VectorStore, scope: Scope, prices: PriceSettings, counter: TokenCounter) -> StatsResult:
     """Read every point of the scope once and account for it."""
     tally = _ScopeTally(prices)
-    for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id)):
+    for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, project=scope.project)):
         tally.add(point)
     return tally.result(scope, counter)
 

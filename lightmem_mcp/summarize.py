@@ -27,6 +27,7 @@ from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.indexing import RecordWriter
 from lightmem_mcp.llm import LLMClient, LLMError
 from lightmem_mcp.records import (
+    GLOBAL,
     PROGRESS_KIND,
     Fact,
     LLMCall,
@@ -117,7 +118,9 @@ class Summarizer:
         return SummarizeResult(summaries=summaries, llm_calls=calls, error=error)
 
     def run_scheduled(self, user_id: str) -> SummarizeResult | None:
-        """Re-summarize each day of the user with facts newer than the stored progress mark."""
+        """Re-summarize each day of the user with facts newer than the stored progress mark, in the tier
+        of those facts: a project's day in that project (which reads the global tier too), the global
+        tier's day in the global tier alone, so that no summary shows one project's facts to another."""
         mark_id = SummaryMark.id_of(user_id)
         found = self._store.scroll(RecordFilter(user_id, kinds=(PROGRESS_KIND,), ids=(mark_id,)), 1)
         mark = SummaryMark.read(found[0]).summarized_created_ts if found else 0.0
@@ -125,12 +128,12 @@ class Summarizer:
         fresh = [fact for fact in map(Fact.read, facts) if fact.created_ts > mark]
         if not fresh:
             return None
-        days = sorted({from_epoch(fact.event_ts).date() for fact in fresh})
+        days = sorted({(fact.scope.project or GLOBAL, from_epoch(fact.event_ts).date()) for fact in fresh})
         result = SummarizeResult(summaries=[], llm_calls=0)
-        for day in days:
+        for project, day in days:
             start = datetime(day.year, day.month, day.day, tzinfo=from_epoch(0).tzinfo)
             done = self.run(
-                Scope(user_id),
+                Scope(user_id, project=project),
                 window="day",
                 since_ts=to_epoch(start),
                 until_ts=to_epoch(start + timedelta(days=1)) - 1e-6,
@@ -158,6 +161,7 @@ class Summarizer:
                 statuses=("active",),
                 since_ts=since_ts,
                 until_ts=until_ts,
+                project=scope.project,
             )
             if topic:
                 query = self._embedder.embed_query(topic)
@@ -177,7 +181,12 @@ class Summarizer:
         vectors = stored if len(stored) == len(group) else self._embedder.embed_documents([r.text for r in group])
         centroid = [sum(column) / len(vectors) for column in zip(*vectors, strict=True)]
         where = RecordFilter(
-            scope.user_id, scope.agent_id, kinds=("fact",), statuses=("active",), until_ts=group[0].event_ts - 1e-6
+            scope.user_id,
+            scope.agent_id,
+            kinds=("fact",),
+            statuses=("active",),
+            until_ts=group[0].event_ts - 1e-6,
+            project=scope.project,
         )
         found = self._store.nearest(centroid, where, self._settings.seeds)
         return sorted(map(Fact.read, found), key=lambda fact: fact.event_ts)
@@ -206,7 +215,8 @@ class Summarizer:
             text = self._extractive(group)
             method = "extractive"
 
-        owner = Scope(scope.user_id, scope.agent_id, key if window == "session" and key != "-" else scope.session_id)
+        session = key if window == "session" and key != "-" else scope.session_id
+        owner = Scope(scope.user_id, scope.agent_id, session, scope.project)
         stored_at = now()
         summary_id = Summary.id_of(owner, window, key, topic)
         found = self._store.scroll(RecordFilter(scope.user_id, kinds=("summary",), ids=(summary_id,)), 1)

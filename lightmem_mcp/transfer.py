@@ -85,6 +85,8 @@ class ExportScope(BaseModel):
     user_id: str
     agent_id: str | None = None
     session_id: str | None = None
+    # A project: its records alone; "" (records.GLOBAL): the global tier alone; None: every tier.
+    project: str | None = None
 
 
 class ExportHeader(BaseModel):
@@ -151,6 +153,8 @@ class _Payload(BaseModel):
     user_id: _Id
     agent_id: _Id | None = None
     session_id: _Id | None = None
+    # Absent (an export of an earlier release, or the global tier): the global tier.
+    project: _Id | None = None
     kind: Literal["turn", "fact", "summary", "llm_call", "progress"]
     event_ts: _Number
 
@@ -206,8 +210,10 @@ def export_points(
         scope=None if scope is None else ExportScope(**vars(scope)),
         exported_at=now().isoformat(),
     )
-    out.write(header.model_dump_json() + "\n")
-    where = None if scope is None else RecordFilter(scope.user_id, scope.agent_id, scope.session_id)
+    # Without a project, the header is as earlier releases wrote it, so that they can import it.
+    unset = {"scope": {"project"}} if scope is not None and scope.project is None else None
+    out.write(header.model_dump_json(exclude=unset) + "\n")
+    where = None if scope is None else RecordFilter.owned_by(scope)
     kinds: Counter[str] = Counter()
     # Vectors are read even when not exported: they tell a memory from a vector-less point.
     for point in store.scan(where, with_vectors=True):
@@ -371,7 +377,7 @@ class _Placed:
 
 def _origin(number: int, point: ExportedPoint, payload: _Payload) -> _Origin:
     """How the project derives this record's id (records.record_id with each kind's key)."""
-    scope = Scope(payload.user_id, payload.agent_id, payload.session_id)
+    scope = Scope(payload.user_id, payload.agent_id, payload.session_id, payload.project)
     point_id = str(point.id)
     key: str | None = None
     merges: tuple[str, tuple[str, ...]] | None = None

@@ -4,7 +4,8 @@ fixtures/store-v2.tar.gz was written by commit 80e89a0 (schema 2, the current sc
 public API, and holds that version's answers on it (v2store/expected.json); fixtures/build_store_v2.py
 says how. This version must read the stored payloads unchanged: no migration, no re-index, and the
 same records, histories, stats, hits and recalled context. Float scores are compared to 1e-6 (the
-query is embedded again at each call); everything else exactly.
+query is embedded again at each call); everything else exactly, but for the fields added since
+(`ADDED_FIELDS`), which must say that every record is in the user's global tier.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from lightmem_mcp.records import Scope
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SCORE_TOLERANCE = 1e-6
+# Result fields added since the fixture was written, with the value every record it holds must show:
+# all of them were stored before projects, in the user's global tier.
+ADDED_FIELDS: dict[str, Any] = {"project": None, "tier": "global"}
 
 
 def previous_version_store(tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
@@ -40,7 +44,11 @@ def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
     """Where `actual` differs from `expected`: floats within SCORE_TOLERANCE, the rest exactly."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         found = [f"{path}.{k}: missing now" for k in expected.keys() - actual.keys()]
-        found += [f"{path}.{k}: new field {actual[k]!r}" for k in actual.keys() - expected.keys()]
+        found += [
+            f"{path}.{k}: new field {actual[k]!r}"
+            for k in actual.keys() - expected.keys()
+            if k not in ADDED_FIELDS or actual[k] != ADDED_FIELDS[k]
+        ]
         for key in expected.keys() & actual.keys():
             found += differences(expected[key], actual[key], f"{path}.{key}")
         return found

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from lightmem_mcp.config import StoreSettings
-from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint, scope_of
+from lightmem_mcp.records import FoundPoint, RecordFilter, Scope, SparseVector, StoredPoint, scope_of
 from lightmem_mcp.store.schema import DENSE, StoreLayout
 
 
@@ -19,10 +19,9 @@ def dense_vector(vector: object) -> list[float] | None:
     return None
 
 
-def scopes_of(payloads: Iterable[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
-    """The distinct (user, agent, session) scopes of some records' payloads, in a stable order."""
-    found = {(scope.user_id, scope.agent_id, scope.session_id) for scope in map(scope_of, payloads)}
-    return sorted(found, key=str)
+def scopes_of(payloads: Iterable[dict[str, Any]]) -> list[Scope]:
+    """The distinct exact scopes (user, agent, session, project) of some records' payloads, in a stable order."""
+    return sorted(set(map(scope_of, payloads)), key=str)
 
 
 class TermCounts:
@@ -111,11 +110,9 @@ class VectorStore(Protocol):
     def values(self, field: str, where: RecordFilter, limit: int) -> list[str]:
         """Distinct values of an indexed keyword field among the matches, most frequent first."""
 
-    def pending_scopes(
-        self, limit: int, kind: str = "turn", stage: str = "pending"
-    ) -> list[tuple[str, str | None, str | None]]:
-        """(user, agent, session) of records of `kind` at `stage`, across users: turns waiting for
-        extraction (the default), facts waiting for consolidation."""
+    def pending_scopes(self, limit: int, kind: str = "turn", stage: str = "pending") -> list[Scope]:
+        """The exact scopes (user, agent, session, project) of records of `kind` at `stage`, across
+        users: turns waiting for extraction (the default), facts waiting for consolidation."""
 
     def count(self, where: RecordFilter) -> int:
         """How many records match."""

@@ -13,9 +13,9 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
+from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch, StoreInUse
 from lightmem_mcp.privacy import private_directory
-from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.records import PROJECT_FIELD, FoundPoint, RecordFilter, Scope, SparseVector, StoredPoint
 from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
@@ -82,10 +82,10 @@ class EdgeStore:
             shard = qe.EdgeShard.create(str(shard_dir), config)
         except Exception as exc:  # qdrant_edge raises plain Exception
             if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
-                raise BackendUnavailable(
-                    f"the embedded store at {self._path} is open in another lightmem-mcp process "
-                    "(one process per data directory): stop that process, give this one its own "
-                    "LIGHTMEM_DATA_DIR, or share a Qdrant server through LIGHTMEM_QDRANT_URL"
+                raise StoreInUse(
+                    f"the embedded store at {self._path} is open in another process that does not share it "
+                    "(an older lightmem-mcp, or one with LIGHTMEM_SHARED_ENABLED=false): stop that process, give "
+                    "this one its own LIGHTMEM_DATA_DIR, or share a Qdrant server through LIGHTMEM_QDRANT_URL"
                 ) from exc
             raise BackendUnavailable(f"cannot open the embedded store at {self._path}: {exc}") from exc
         shard.update(qe.UpdateOperation.create_field_index(TENANT_FIELD, qe.KeywordIndexParams(is_tenant=True)))
@@ -160,9 +160,7 @@ class EdgeStore:
         response = self._shard.facet(qe.FacetRequest(field, limit=limit, exact=True, filter=_filter(where)))
         return [str(hit.value) for hit in response.hits]
 
-    def pending_scopes(
-        self, limit: int, kind: str = "turn", stage: str = "pending"
-    ) -> list[tuple[str, str | None, str | None]]:
+    def pending_scopes(self, limit: int, kind: str = "turn", stage: str = "pending") -> list[Scope]:
         """Scopes with records of `kind` at `stage`; the one query that crosses users, used to find
         background work (turns to extract, facts to consolidate)."""
         flt = qe.Filter(
@@ -172,7 +170,9 @@ class EdgeStore:
             ]
         )
         records, _ = self._shard.scroll(
-            qe.ScrollRequest(limit=limit, filter=flt, with_payload=[TENANT_FIELD, "agent_id", "session_id"])
+            qe.ScrollRequest(
+                limit=limit, filter=flt, with_payload=[TENANT_FIELD, "agent_id", "session_id", PROJECT_FIELD]
+            )
         )
         return scopes_of(r.payload or {} for r in records)
 
@@ -274,6 +274,13 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
     must: list[Any] = [qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in where.equal()]
     must += [qe.IsEmptyCondition(key) for key in where.unset()]
     must += [qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in where.any_of()]
+    tiers = where.tiers()
+    if tiers is not None:
+        projects, with_global = tiers
+        options: list[Any] = [qe.FieldCondition(PROJECT_FIELD, match=qe.MatchAny(list(projects)))] if projects else []
+        if with_global:
+            options.append(qe.IsEmptyCondition(PROJECT_FIELD))
+        must.append(options[0] if len(options) == 1 else qe.Filter(should=options))
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qe.FieldCondition("event_ts", range=qe.RangeFloat(gte=where.since_ts, lte=where.until_ts)))
     if where.term is not None:

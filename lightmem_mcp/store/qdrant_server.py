@@ -13,7 +13,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
-from lightmem_mcp.records import FoundPoint, RecordFilter, SparseVector, StoredPoint
+from lightmem_mcp.records import PROJECT_FIELD, FoundPoint, RecordFilter, Scope, SparseVector, StoredPoint
 from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
@@ -59,6 +59,15 @@ class QdrantServerStore:
         self._layout = layout
         self._metadata = found
         self.stale = check_layout(found, layout, where)
+        # A keyword index added within the current schema (the project's) is created as a collection
+        # of an earlier release opens: no re-index, since its records hold no project and the tier
+        # filter reads a missing field as the global tier. A stale collection gets it when re-indexed.
+        missing = [name for name in KEYWORD_FIELDS if name not in (info.payload_schema or {})]
+        if exists and missing and not self.stale:
+            try:
+                self._create_indexes(missing)
+            except (ApiException, grpc.RpcError, OSError, RuntimeError) as exc:
+                raise BackendUnavailable(f"cannot add the payload indexes of {where}: {exc}") from exc
 
     def _create(self, layout: StoreLayout) -> None:
         try:
@@ -76,10 +85,15 @@ class QdrantServerStore:
             log.info("collection %s was created concurrently: %s", self._collection, exc)
         self._create_indexes()
 
-    def _create_indexes(self) -> None:
+    def _create_indexes(self, keywords: Sequence[str] | None = None) -> None:
+        """Every payload index, or only the given keyword ones."""
         with warnings.catch_warnings():
             # Local mode (tests) warns that payload indexes are no-ops there.
             warnings.simplefilter("ignore", UserWarning)
+            if keywords is not None:
+                for name in keywords:
+                    self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.KEYWORD)
+                return
             self._client.create_payload_index(
                 self._collection,
                 TENANT_FIELD,
@@ -151,9 +165,7 @@ class QdrantServerStore:
         response = self._client.facet(self._collection, key=field, facet_filter=_filter(where), limit=limit, exact=True)
         return [str(hit.value) for hit in response.hits]
 
-    def pending_scopes(
-        self, limit: int, kind: str = "turn", stage: str = "pending"
-    ) -> list[tuple[str, str | None, str | None]]:
+    def pending_scopes(self, limit: int, kind: str = "turn", stage: str = "pending") -> list[Scope]:
         """Scopes with records of `kind` at `stage`; the one query that crosses users, used to find
         background work (turns to extract, facts to consolidate)."""
         flt = qm.Filter(
@@ -163,7 +175,10 @@ class QdrantServerStore:
             ]
         )
         records, _ = self._client.scroll(
-            self._collection, scroll_filter=flt, limit=limit, with_payload=[TENANT_FIELD, "agent_id", "session_id"]
+            self._collection,
+            scroll_filter=flt,
+            limit=limit,
+            with_payload=[TENANT_FIELD, "agent_id", "session_id", PROJECT_FIELD],
         )
         return scopes_of(r.payload or {} for r in records)
 
@@ -243,6 +258,15 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
     must: list[Any] = [qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in where.equal()]
     must += [qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)) for key in where.unset()]
     must += [qm.FieldCondition(key=key, match=qm.MatchAny(any=values)) for key, values in where.any_of()]
+    tiers = where.tiers()
+    if tiers is not None:
+        projects, with_global = tiers
+        options: list[Any] = (
+            [qm.FieldCondition(key=PROJECT_FIELD, match=qm.MatchAny(any=list(projects)))] if projects else []
+        )
+        if with_global:
+            options.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=PROJECT_FIELD)))
+        must.append(options[0] if len(options) == 1 else qm.Filter(should=options))
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qm.FieldCondition(key="event_ts", range=qm.Range(gte=where.since_ts, lte=where.until_ts)))
     if where.term is not None:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightmem_mcp.errors import SchemaMismatch
+from lightmem_mcp.records import PROJECT_FIELD
 
 # 2: contextual indexing (who said it, the turns before it) and lexical IDF from the caller's own
 # records (no collection-wide modifier, a `terms` index to count them). Older stores are re-indexed.
@@ -26,6 +27,9 @@ KEYWORD_FIELDS = (
     "stage",
     "batch_turn_ids",
     "superseded_by",
+    # Added within schema 2: a store opened without it gets the index at open (no re-index: records
+    # written before hold no project, and the tier filter reads a missing field as the global tier).
+    PROJECT_FIELD,
 )
 FLOAT_FIELDS = ("event_ts", "created_ts")
 # The lexical term ids of each record: counted per user for the query's IDF.

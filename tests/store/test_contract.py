@@ -18,7 +18,7 @@ from lightmem_mcp.config import SearchMode
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
 from lightmem_mcp.fusion import Fusion, fuse
 from lightmem_mcp.lexical import LexicalEncoder
-from lightmem_mcp.records import FoundPoint, RecordFilter, StoredPoint
+from lightmem_mcp.records import GLOBAL, FoundPoint, RecordFilter, Scope, StoredPoint
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.store.edge import EdgeStore
 from lightmem_mcp.store.qdrant_server import QdrantServerStore
@@ -472,8 +472,70 @@ def test_pending_scopes_lists_each_scope_with_pending_turns_once(store: VectorSt
     )
 
     assert sorted(store.pending_scopes(100), key=str) == sorted(
-        [("alice", None, None), ("alice", None, "s1"), ("bob", "coder", None)], key=str
+        [Scope("alice"), Scope("alice", session_id="s1"), Scope("bob", "coder")], key=str
     )
+
+
+def test_pending_scopes_tell_projects_apart(store: VectorStore) -> None:
+    store.upsert(
+        [
+            memory("g", stage="pending"),
+            memory("p", stage="pending", project="web"),
+            memory("q", stage="pending", project="cli"),
+        ]
+    )
+
+    assert sorted(store.pending_scopes(100), key=str) == sorted(
+        [Scope("alice"), Scope("alice", project="web"), Scope("alice", project="cli")], key=str
+    )
+
+
+# -- projects: a project reads its own records and the global tier's, never another project's --------
+
+
+def tiers() -> list[StoredPoint]:
+    """Alice's records in the global tier (no project field, as stored before projects), in two
+    projects, and Bob's in one of the same name."""
+    return [
+        memory("global"),
+        memory("web1", project="web"),
+        memory("web2", project="web", agent_id="coder"),
+        memory("cli1", project="cli"),
+        memory("bobweb", user_id="bob", project="web"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        pytest.param(ALICE, ["cli1", "global", "web1", "web2"], id="no project: every tier"),
+        pytest.param(replace(ALICE, project=GLOBAL), ["global"], id="global tier alone"),
+        pytest.param(replace(ALICE, project="web"), ["global", "web1", "web2"], id="a project and the global tier"),
+        pytest.param(replace(ALICE, project="web", agent_id="coder"), ["web2"], id="with other fields"),
+        pytest.param(replace(ALICE, project="web", exact_project=True), ["web1", "web2"], id="a project alone"),
+        pytest.param(replace(ALICE, project=GLOBAL, exact_project=True), ["global"], id="global alone, exact"),
+        pytest.param(replace(ALICE, exact_project=True), ["cli1", "global", "web1", "web2"], id="no project, exact"),
+        pytest.param(replace(ALICE, exact_scope=True), ["global"], id="exact scope: no project is global"),
+        pytest.param(replace(ALICE, exact_scope=True, project="web"), ["web1"], id="exact scope in a project"),
+        pytest.param(replace(ALICE, project="nowhere"), ["global"], id="an unknown project"),
+    ],
+)
+def test_the_project_filter_follows_the_tier_rule(store: VectorStore, where: RecordFilter, expected: list[str]) -> None:
+    store.upsert(tiers())
+
+    assert sorted(names(store.scroll(where, 10))) == expected
+    assert store.count(where) == len(expected)
+    assert sorted(names(list(store.scan(where)))) == expected
+    assert sorted(names(store.nearest(unit("note web1"), where, 10))) == expected
+
+
+def test_a_delete_by_project_leaves_the_global_tier_and_other_projects(store: VectorStore) -> None:
+    store.upsert(tiers())
+
+    store.delete(replace(ALICE, project="web", exact_project=True))
+
+    assert sorted(names(store.scroll(ALICE, 10))) == ["cli1", "global"]
+    assert names(store.scroll(RecordFilter("bob"), 10)) == ["bobweb"]
 
 
 # -- scan: every point, for export and accounting --------------------------------------------
