@@ -59,11 +59,16 @@ class Window:
         return elapsed
 
 
-def _client(data_dir: Path, pid_file: Path, errlog: Any) -> Any:
+def _client(data_dir: Path, pid_file: Path, errlog: Any, warm_standby: bool = True) -> Any:
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    env = server_env(data_dir, PATH=os.environ.get("PATH", ""), HF_HUB_OFFLINE="1")
+    env = server_env(
+        data_dir,
+        PATH=os.environ.get("PATH", ""),
+        HF_HUB_OFFLINE="1",
+        LIGHTMEM_SHARED_WARM_STANDBY="true" if warm_standby else "false",
+    )
     params = StdioServerParameters(
         command="/bin/sh", args=["-c", f'echo $$ > "{pid_file}"; exec "{SERVER}"'], env=env, cwd=str(data_dir.parent)
     )
@@ -91,6 +96,11 @@ async def hop(calls: int, errlog: Any) -> dict[str, Any]:
                 await door.timed("stats", {})
                 await anyio.sleep(STANDBY_S)  # let the standby model load, so it does not compete below
                 memory_mb = {"owner": _rss_mb(owner.pid), "front door": _rss_mb(door.pid)}
+                async with _client(data, Path(tmp) / "cold.pid", errlog, warm_standby=False) as cold_client:
+                    cold = Window(cold_client, Path(tmp) / "cold.pid")
+                    await cold.timed("stats", {})
+                    await anyio.sleep(2)
+                    memory_mb["front door without warm standby"] = _rss_mb(cold.pid)
                 times: dict[str, dict[str, list[float]]] = {
                     "owner": {"add": [], "search": []},
                     "front door": {"add": [], "search": []},
@@ -122,14 +132,14 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-async def handover(errlog: Any) -> dict[str, Any]:
+async def handover(errlog: Any, warm_standby: bool = True) -> dict[str, Any]:
     """Kill the owner; time until the front door's next call succeeds."""
     with tempfile.TemporaryDirectory(prefix="lightmem-handover-") as tmp:
         data = Path(tmp) / "data"
         async with _client(data, Path(tmp) / "owner.pid", errlog) as owner_client:
             owner = Window(owner_client, Path(tmp) / "owner.pid")
             await owner.timed("add_memory", {"messages": [{"role": "user", "content": TEXTS[0]}]})
-            async with _client(data, Path(tmp) / "door.pid", errlog) as door_client:
+            async with _client(data, Path(tmp) / "door.pid", errlog, warm_standby) as door_client:
                 door = Window(door_client, Path(tmp) / "door.pid")
                 await door.timed("stats", {})
                 await anyio.sleep(STANDBY_S)
@@ -143,7 +153,12 @@ async def handover(errlog: Any) -> dict[str, Any]:
                         break
                 seconds = time.perf_counter() - killed
                 found = bool(result.structured_content and result.structured_content["hits"])
-    return {"seconds": round(seconds, 3), "attempts": attempts, "memory_found_after": found}
+    return {
+        "seconds": round(seconds, 3),
+        "attempts": attempts,
+        "memory_found_after": found,
+        "warm_standby": warm_standby,
+    }
 
 
 async def main(calls: int, handovers: int) -> None:
@@ -152,6 +167,7 @@ async def main(calls: int, handovers: int) -> None:
     with open(os.devnull, "w") as errlog:
         measured_all = await hop(calls, errlog)
         takeovers = [await handover(errlog) for _ in range(handovers)]
+        cold = await handover(errlog, warm_standby=False)
     measured = measured_all["latency"]
     rows = []
     for tool in ("add", "search"):
@@ -172,10 +188,11 @@ async def main(calls: int, handovers: int) -> None:
     )
     seconds = [t["seconds"] for t in takeovers]
     print(f"handover (kill -9 of the owner to the front door's first successful call): {seconds} s")
-    print(f"resident memory after the warm standby loaded (MB): {measured_all['rss_mb']}")
+    print(f"the same without the warm standby (the model loaded at takeover): {cold['seconds']} s")
+    print(f"resident memory (MB): {measured_all['rss_mb']}")
     write_results(
         "shared_hop",
-        {"machine": info, "calls": calls, **measured_all, "handovers": takeovers},
+        {"machine": info, "calls": calls, **measured_all, "handovers": takeovers, "cold_handover": cold},
     )
     print(json.dumps({"hop_p50_ms": {r[0]: r[3] for r in rows}, "handover_s": seconds}))
 

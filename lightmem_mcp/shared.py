@@ -537,9 +537,12 @@ _Event = tuple[Literal["progress", "result", "error", "gone"], Any]
 class _Connection:
     """A front door's connection to the owner: calls from any thread, replies matched by id."""
 
-    def __init__(self, sock: socket.socket, welcome: dict[str, Any]) -> None:
+    def __init__(
+        self, sock: socket.socket, welcome: dict[str, Any], on_gone: Callable[[_Connection], None] | None = None
+    ) -> None:
         self._sock = sock
         self.welcome = welcome
+        self._on_gone = on_gone
         self._reader = sock.makefile("rb")
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -549,7 +552,13 @@ class _Connection:
         threading.Thread(target=self._read, name="lightmem-front-door", daemon=True).start()
 
     @classmethod
-    def open(cls, info: OwnerInfo, role: str = "front door", timeout_s: float = 5.0) -> _Connection:
+    def open(
+        cls,
+        info: OwnerInfo,
+        role: str = "front door",
+        timeout_s: float = 5.0,
+        on_gone: Callable[[_Connection], None] | None = None,
+    ) -> _Connection:
         """Connect and say hello; raises OSError when nobody listens, `BackendUnavailable` when refused."""
         if info.channel == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -574,7 +583,7 @@ class _Connection:
             if "refused" in reply:
                 raise BackendUnavailable(f"the memory owner refused this server: {reply['refused']}")
             sock.settimeout(None)
-            return cls(sock, dict(reply.get("welcome") or {}))
+            return cls(sock, dict(reply.get("welcome") or {}), on_gone)
         except BaseException:
             sock.close()
             raise
@@ -642,6 +651,8 @@ class _Connection:
             waiting = list(self._pending.values())
         for replies in waiting:
             replies.put(("gone", None))
+        if self._on_gone is not None:
+            self._on_gone(self)
 
     def close(self) -> None:
         """Hang up."""
@@ -716,7 +727,7 @@ class SharedMemory:
             info = self._files.read_info()
             if info is not None and info.channel is not None:
                 try:
-                    self._door = _Connection.open(info)
+                    self._door = _Connection.open(info, on_gone=self._owner_went)
                 except OSError:
                     pass  # not listening yet, or just died: try again
                 else:
@@ -801,6 +812,21 @@ class SharedMemory:
             if deadline is None:
                 deadline = time.monotonic() + self._settings.shared.handover_timeout_s
             self._recover(door, deadline)
+
+    def _owner_went(self, door: _Connection) -> None:
+        """The owner hung up: settle again now, so that a new owner opens the store (and resumes the
+        background work) without waiting for the next call to find out."""
+        if self._closed:
+            return
+
+        def settle() -> None:
+            try:
+                self._recover(door, time.monotonic() + self._settings.shared.handover_timeout_s)
+            except LightMemError as exc:
+                if not self._closed:
+                    log.warning("no owner took the store over: %s; the next call tries again", exc)
+
+        threading.Thread(target=settle, name="lightmem-handover", daemon=True).start()
 
     def _recover(self, failed: _Connection | None, deadline: float) -> None:
         """After the owner went: take the store over, or connect to whoever did (one thread does it)."""

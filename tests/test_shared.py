@@ -248,3 +248,20 @@ def test_the_owner_files_are_private(
     assert files.folder.stat().st_mode & 0o777 == 0o700
     for path in (files.lock, files.info, files.socket):
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_an_idle_front_door_takes_over_at_once_so_background_work_resumes(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, servers: list[SharedMemory]
+) -> None:
+    settings = shared_settings(tmp_path / "data")
+    owner = start(settings, embedder, servers)
+    door = start(settings, embedder, servers)
+
+    owner.close()
+    servers.remove(owner)
+    deadline = time.monotonic() + 30
+    while door.role != "owner" and time.monotonic() < deadline:  # no call made: the hang-up alone
+        time.sleep(0.05)
+
+    assert door.role == "owner"
+    assert describe_owner(settings)["owner_pid"] == os.getpid()

@@ -3,6 +3,7 @@ client, all on one data directory, the way an IDE starts one server per window."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -200,7 +201,16 @@ async def test_killing_a_front_door_leaves_the_owner_and_the_others_unaffected(t
         after_survivor = await survivor.call("add_memory", {"messages": [message("w2", 1)], "user_id": "team"})
         seen = {r["source_ids"][0] for r in await all_records(survivor, "team")}
         report = describe_owner(Settings(store=StoreSettings(data_dir=data)))
+        doctor = await anyio.run_process(
+            [COMMAND, "doctor"],
+            env={**os.environ, "LIGHTMEM_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"},
+            check=False,
+        )
 
+    lines = {line["component"]: line for line in map(json.loads, doctor.stdout.decode().splitlines())}
+    assert doctor.returncode == 0, doctor.stderr.decode()
+    assert lines["owner"]["owner_pid"] == owner.pid and lines["owner"]["front_doors"] == 1
+    assert lines["store"]["served_by_pid"] == owner.pid
     assert owner_pid == owner.pid
     assert report["owner_pid"] == owner.pid
     assert report["front_doors"] == 1
