@@ -64,8 +64,11 @@ def exchanges(messages: list[Message]) -> list[list[Message]]:
     return adds
 
 
-def cost(questions: list[dict[str, Any]], embedder: SentenceTransformerEmbedder, root: Path) -> dict[str, Any]:
-    """Calls and prompt tokens per 1,000 turns: buffered pipeline vs one call per add."""
+def cost(
+    questions: list[dict[str, Any]], embedder: SentenceTransformerEmbedder, root: Path, project: str | None = None
+) -> dict[str, Any]:
+    """Calls and prompt tokens per 1,000 turns: buffered pipeline vs one call per add. With `project`,
+    the turns are stored in a project, whose extraction also sorts the facts about the person out."""
     counter = TokenCounter("cl100k_base")
     server = FakeLLMServer().start()
     try:
@@ -81,7 +84,7 @@ def cost(questions: list[dict[str, Any]], embedder: SentenceTransformerEmbedder,
         pipeline_requests: list[ChatRequest] = []
         baseline = LLMClient(settings.llm)
         for question in questions:
-            scope = Scope(question["question_id"])
+            scope = Scope(question["question_id"], project=project)
             messages = [turn.message() for turn in haystack_turns(question)[0]]
             turns += len(messages)
             server.script(*[one_fact_per_message] * len(messages))
@@ -178,13 +181,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=4, help="LongMemEval haystacks to use (about 500 turns each)")
     parser.add_argument("--throughput-questions", type=int, default=2)
+    parser.add_argument("--project", default=None, help="Store the turns in this project (default: the global tier).")
     args = parser.parse_args()
     info = machine_info()
     print_machine(info)
     questions = load_questions(limit=max(args.questions, args.throughput_questions))
     embedder = SentenceTransformerEmbedder(Settings().embedding)
     with tempfile.TemporaryDirectory(prefix="lightmem-bench-") as tmp:
-        spent = cost(questions[: args.questions], embedder, Path(tmp))
+        spent = cost(questions[: args.questions], embedder, Path(tmp), args.project)
         speed = throughput(questions[: args.throughput_questions], embedder, Path(tmp))
 
     print(f"\nLLM cost on {spent['turns']} LongMemEval turns (buffer 512 tokens, user turns extracted, no compression)")

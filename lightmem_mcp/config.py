@@ -217,8 +217,8 @@ class SharedSettings(_Section):
     )
     warm_standby: bool = Field(
         default=True,
-        description="Front doors load the embedding model in the background (~150 MB), so that taking the store "
-        "over when the owner goes takes about a second instead of the model's load time.",
+        description="One front door, the owner's successor, keeps the embedding model loaded (~400 MB), so that "
+        "taking the store over when the owner goes takes under a second instead of the model's load time.",
     )
 
 

@@ -107,6 +107,8 @@ _DRAIN_S = 30.0
 # Unix socket paths are limited to ~104 bytes (macOS) / 108 (Linux).
 _MAX_SOCKET_PATH = 100
 _POLL_S = 0.05
+# How long a front door without the model loaded leaves the takeover to the successor, which has it.
+_SUCCESSOR_GRACE_S = 2.0
 
 Role = Literal["owner", "front door"]
 
@@ -343,7 +345,10 @@ class _OwnerChannel:
         self._files = files
         self._closing = False
         self._lock = threading.Lock()
-        self._connections: dict[int, socket.socket] = {}
+        # Each front door's socket and how to send to it; the successor is the one that keeps the
+        # embedding model loaded, to take over first when this owner goes.
+        self._connections: dict[int, tuple[socket.socket, Callable[[dict[str, Any]], None]]] = {}
+        self._successor: int | None = None
         self._running = 0
         self._idle = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="lightmem-owner")
@@ -403,20 +408,31 @@ class _OwnerChannel:
                 send({"refused": refusal})
                 return
             probe = hello["hello"].get("role") == "probe"
+            successor = False
             with self._lock:
                 if not probe:
-                    self._connections[id(conn)] = conn
+                    self._connections[id(conn)] = (conn, send)
                     counted = True
+                    if self._successor is None:
+                        self._successor = id(conn)
+                        successor = True
                 front_doors = len(self._connections)
-            send({"welcome": {**self.info.model_dump(exclude={"secret"}), "front_doors": front_doors}})
+            welcome = {**self.info.model_dump(exclude={"secret"}), "front_doors": front_doors, "successor": successor}
+            send({"welcome": welcome})
             while (message := _read_message(reader)) is not None:
                 self._start_call(message, send)
         except (OSError, ValueError) as exc:
             log.debug("front door connection ended: %s", exc)
         finally:
+            heir = None
             with self._lock:
                 if counted:
                     self._connections.pop(id(conn), None)
+                if self._successor == id(conn):
+                    self._successor = next(iter(self._connections), None)
+                    heir = self._connections.get(self._successor) if self._successor is not None else None
+            if heir is not None and not self._closing:
+                heir[1]({"successor": True})
             with suppress(OSError):
                 reader.close()
                 conn.close()
@@ -491,7 +507,7 @@ class _OwnerChannel:
     def disconnect(self) -> None:
         """Drop every front door (after the store is closed and the lock released, so they can take over)."""
         with self._lock:
-            connections = list(self._connections.values())
+            connections = [conn for conn, _ in self._connections.values()]
             self._connections.clear()
         for conn in connections:
             with suppress(OSError):
@@ -538,11 +554,16 @@ class _Connection:
     """A front door's connection to the owner: calls from any thread, replies matched by id."""
 
     def __init__(
-        self, sock: socket.socket, welcome: dict[str, Any], on_gone: Callable[[_Connection], None] | None = None
+        self,
+        sock: socket.socket,
+        welcome: dict[str, Any],
+        on_gone: Callable[[_Connection], None] | None = None,
+        on_successor: Callable[[], None] | None = None,
     ) -> None:
         self._sock = sock
         self.welcome = welcome
         self._on_gone = on_gone
+        self._on_successor = on_successor
         self._reader = sock.makefile("rb")
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -558,6 +579,7 @@ class _Connection:
         role: str = "front door",
         timeout_s: float = 5.0,
         on_gone: Callable[[_Connection], None] | None = None,
+        on_successor: Callable[[], None] | None = None,
     ) -> _Connection:
         """Connect and say hello; raises OSError when nobody listens, `BackendUnavailable` when refused."""
         if info.channel == "unix":
@@ -583,7 +605,7 @@ class _Connection:
             if "refused" in reply:
                 raise BackendUnavailable(f"the memory owner refused this server: {reply['refused']}")
             sock.settimeout(None)
-            return cls(sock, dict(reply.get("welcome") or {}), on_gone)
+            return cls(sock, dict(reply.get("welcome") or {}), on_gone, on_successor)
         except BaseException:
             sock.close()
             raise
@@ -632,6 +654,9 @@ class _Connection:
     def _read(self) -> None:
         try:
             while (message := _read_message(self._reader)) is not None:
+                if message.get("successor") and self._on_successor is not None:
+                    self._on_successor()  # the previous successor left: this one keeps the model now
+                    continue
                 with self._lock:
                     replies = self._pending.get(message.get("id", -1))
                 if replies is None:
@@ -709,6 +734,11 @@ class SharedMemory:
         return self._channel.front_doors if self._channel else 0
 
     @property
+    def standby(self) -> bool:
+        """Whether this front door keeps the embedding model loaded, as the owner's successor."""
+        return self._memory is None and self._warm is not None
+
+    @property
     def owner_pid(self) -> int | None:
         """The process that owns the store, as last seen."""
         if self._memory is not None:
@@ -717,22 +747,24 @@ class SharedMemory:
 
     # -- routing ---------------------------------------------------------------------------------
 
-    def _settle(self, deadline: float) -> None:
-        """Become the owner, or connect to it; the caller holds `_route`."""
+    def _settle(self, deadline: float, defer_lock_until: float = 0.0) -> None:
+        """Become the owner, or connect to it; the caller holds `_route`. Before `defer_lock_until`,
+        only connect: that leaves the lock to the successor, which has the model loaded."""
         waited_for: OwnerInfo | None = None
         while not self._closed:
-            if self._lock.acquire():
+            if time.monotonic() >= defer_lock_until and self._lock.acquire():
                 self._own(deadline)
                 return
             info = self._files.read_info()
             if info is not None and info.channel is not None:
                 try:
-                    self._door = _Connection.open(info, on_gone=self._owner_went)
+                    self._door = _Connection.open(info, on_gone=self._owner_went, on_successor=self._start_warm_standby)
                 except OSError:
                     pass  # not listening yet, or just died: try again
                 else:
                     log.info("forwarding to the memory owner (pid %s)", self._door.welcome.get("pid"))
-                    self._start_warm_standby()
+                    if self._door.welcome.get("successor"):
+                        self._start_warm_standby()
                     return
             waited_for = info or waited_for
             if time.monotonic() > deadline:
@@ -777,7 +809,8 @@ class SharedMemory:
         log.info("owning the memory store %s; serving other servers on it", self._settings.store.embedded_path)
 
     def _start_warm_standby(self) -> None:
-        """Load the embedding model in the background, so a takeover opens the store in about a second."""
+        """Load the embedding model in the background, so that a takeover opens the store in well under a
+        second. Only the owner's successor (one front door at a time) does: the model costs ~400 MB."""
         if self._warm is not None or not self._settings.shared.warm_standby:
             return
         warm: Future[Embedder] = Future()
@@ -840,7 +873,9 @@ class SharedMemory:
                 self._door = None
                 log.info("the memory owner went away; taking over or waiting for who does")
             started = time.monotonic()
-            self._settle(deadline)
+            # Without the model loaded, give the successor (which has it) the first chance to take over.
+            warm = self._warm is not None or not self._settings.shared.warm_standby
+            self._settle(deadline, 0.0 if warm else started + _SUCCESSOR_GRACE_S)
             if self._memory is not None:
                 self.handovers += 1
                 log.info("took the memory store over in %.2f s", time.monotonic() - started)

@@ -265,3 +265,21 @@ def test_an_idle_front_door_takes_over_at_once_so_background_work_resumes(
 
     assert door.role == "owner"
     assert describe_owner(settings)["owner_pid"] == os.getpid()
+
+
+def test_one_front_door_at_a_time_keeps_the_model_loaded_for_the_takeover(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, servers: list[SharedMemory]
+) -> None:
+    settings = shared_settings(tmp_path / "data")
+    settings = settings.model_copy(update={"shared": settings.shared.model_copy(update={"warm_standby": True})})
+    start(settings, embedder, servers)
+    first = start(settings, embedder, servers)
+    second = start(settings, embedder, servers)
+
+    assert first.standby and not second.standby  # the model (~400 MB) once, not per window
+    first.close()
+    servers.remove(first)
+    deadline = time.monotonic() + 10
+    while not second.standby and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert second.standby  # the next front door is the successor now
