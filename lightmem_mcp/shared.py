@@ -375,12 +375,6 @@ class _OwnerChannel:
         self._acceptor = threading.Thread(target=self._accept, name="lightmem-owner-accept", daemon=True)
         self._acceptor.start()
 
-    @property
-    def front_doors(self) -> int:
-        """Front doors connected now."""
-        with self._lock:
-            return len(self._connections)
-
     def _accept(self) -> None:
         while True:
             try:
@@ -725,25 +719,13 @@ class SharedMemory:
 
     @property
     def role(self) -> Role:
-        """ "owner" while this process holds the store, else "front door"."""
+        """Whether this process holds the store ("owner") or forwards to the process that does."""
         return "owner" if self._memory is not None else "front door"
-
-    @property
-    def front_doors(self) -> int:
-        """Front doors this process serves now (0 unless it owns the store)."""
-        return self._channel.front_doors if self._channel else 0
 
     @property
     def standby(self) -> bool:
         """Whether this front door keeps the embedding model loaded, as the owner's successor."""
         return self._memory is None and self._warm is not None
-
-    @property
-    def owner_pid(self) -> int | None:
-        """The process that owns the store, as last seen."""
-        if self._memory is not None:
-            return os.getpid()
-        return int(self._door.welcome["pid"]) if self._door and "pid" in self._door.welcome else None
 
     # -- routing ---------------------------------------------------------------------------------
 
