@@ -5,10 +5,9 @@
 import logging
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -171,36 +170,35 @@ ROOTS_TTL_S = 60.0
 
 
 class SessionProjects:
-    """The project each MCP session works in: its client's first root that is a project folder (when
-    the client offers roots), else the server's working directory. Only stdio servers have one; over
-    HTTP every caller's scope is explicit.
+    """The project a stdio server's session works in: its client's first root that is a project
+    folder (when the client offers roots), else the server's working directory. A stdio server has
+    one client, so one of these per server; over HTTP every caller's scope is explicit.
 
     The roots are asked through the SDK's resolver (`ListRoots`), which speaks both protocol eras: a
-    request to the client mid-call (2025-11-25), or an input-required round (2026-07-28). A session's
-    answer is reused for `ROOTS_TTL_S`.
+    request to the client mid-call (2025-11-25), or an input-required round (2026-07-28). The answer
+    is reused for `ROOTS_TTL_S`.
     """
 
     def __init__(self, cwd: Path | None = None) -> None:
         self._cwd = cwd
-        self._known: weakref.WeakKeyDictionary[object, tuple[float, ListRootsResult]] = weakref.WeakKeyDictionary()
+        self._known: tuple[float, ListRootsResult] | None = None
 
     async def roots(self, ctx: Context) -> ListRoots | ListRootsResult | None:
-        """The resolver of a tool's `roots` parameter: the session's roots, known or to be asked."""
+        """The resolver of a tool's `roots` parameter: the client's roots, known or to be asked."""
         capabilities = ctx.client_capabilities
         if capabilities is None or capabilities.roots is None:
             return None
-        with suppress(TypeError):  # a session object that cannot be weakly referenced is asked each time
-            known = self._known.get(ctx.session)
-            if known is not None and time.monotonic() - known[0] < ROOTS_TTL_S:
-                return known[1]
+        known = self._known
+        if known is not None and time.monotonic() - known[0] < ROOTS_TTL_S:
+            return known[1]
         return ListRoots()
 
-    async def of(self, ctx: Context, roots: ListRootsResult | None) -> Project | None:
+    async def of(self, roots: ListRootsResult | None) -> Project | None:
         """The session's project: from its roots, else from the working directory."""
         project = None
         if roots is not None:
-            with suppress(TypeError):
-                self._known.setdefault(ctx.session, (time.monotonic(), roots))
+            if self._known is None or self._known[1] is not roots:  # a fresh answer, not the one reused
+                self._known = (time.monotonic(), roots)
             project = await anyio.to_thread.run_sync(project_from_roots, [str(root.uri) for root in roots.roots])
         if project is None:
             project = await anyio.to_thread.run_sync(project_from_cwd, self._cwd)
@@ -321,7 +319,7 @@ def _register_tools(
         except Forbidden as exc:
             raise ToolError(str(exc)) from exc
         if project is None:
-            found = await projects.of(ctx, roots) if projects is not None else None
+            found = await projects.of(roots) if projects is not None else None
             tier = found.id if found is not None else None
         else:
             tier = await anyio.to_thread.run_sync(_named_project, project)
