@@ -275,3 +275,33 @@ async def test_windows_on_two_repositories_see_their_project_and_the_global_tier
     projects = {hit["source_ids"][0]: hit["project"] for hit in everything["hits"]}
     assert projects[shop_id] != projects[blog_id]
     assert projects[shop_id].startswith("app-") and projects[global_id] is None
+
+
+async def test_when_the_owners_window_closes_another_window_carries_on_with_the_same_memory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    owns, leave, left = anyio.Event(), anyio.Event(), anyio.Event()
+    pids: dict[str, int] = {}
+
+    async def first_window() -> None:
+        async with window(data, "w0") as leaving:
+            await leaving.call("stats", {})
+            pids["leaving"] = leaving.pid
+            owns.set()
+            await leave.wait()
+        left.set()  # its client quit: the server closed the store and handed it over
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(first_window)
+        await owns.wait()
+        async with window(data, "w1") as staying:
+            first = await staying.call("add_memory", {"messages": [message("w1", 1)], "user_id": "team"})
+            owner_before = describe_owner(Settings(store=StoreSettings(data_dir=data)))["owner_pid"]
+            leave.set()
+            await left.wait()
+            second = await staying.call("add_memory", {"messages": [message("w1", 2)], "user_id": "team"})
+            seen = {r["source_ids"][0] for r in await all_records(staying, "team")}
+            owner_after = describe_owner(Settings(store=StoreSettings(data_dir=data)))["owner_pid"]
+
+    assert owner_before == pids["leaving"]
+    assert owner_after == staying.pid
+    assert seen == {first["source_ids"][0], second["source_ids"][0]}
