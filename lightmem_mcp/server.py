@@ -305,7 +305,6 @@ def _register_tools(
     ClientRoots = Annotated[ListRootsResult | None, Resolve(projects.roots if projects else no_roots)]
 
     async def scope_of(
-        ctx: Context,
         user_id: str,
         agent_id: str | None,
         session_id: str | None,
@@ -343,7 +342,6 @@ def _register_tools(
         )
     )
     async def add_memory(
-        ctx: Context,
         messages: Annotated[
             list[Message],
             Field(
@@ -364,12 +362,11 @@ def _register_tools(
                 'project: "all" is for reading every project; a message is stored in one: omit project (this '
                 'session\'s), or give "global" or a project'
             )
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.add(messages, scope), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Search memory", read_only_hint=True, idempotent_hint=True))
     async def search_memory(
-        ctx: Context,
         query: Annotated[
             str,
             Field(
@@ -397,12 +394,11 @@ def _register_tools(
         """Search long-term memory by meaning and keywords. Returns the best matches with their
         text, time, speaker and the ids of the messages they come from; with `context`, also the
         turns around each hit."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.search(query, scope, limit, filters, context=context))
 
     @server.tool(annotations=ToolAnnotations(title="Recall for a prompt", read_only_hint=True, idempotent_hint=True))
     async def recall(
-        ctx: Context,
         query: Annotated[
             str,
             Field(
@@ -443,12 +439,11 @@ def _register_tools(
         relevant memories with the turns around them, packed into at most `max_tokens` tokens, grouped
         by session in time order, each block citing its message ids and time. Put `context` in your
         prompt."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.recall(query, scope, max_tokens, context, filters, compress))
 
     @server.tool(annotations=ToolAnnotations(title="Get memories", read_only_hint=True, idempotent_hint=True))
     async def get_memory(
-        ctx: Context,
         ids: Annotated[
             list[RecordId],
             Field(
@@ -463,12 +458,11 @@ def _register_tools(
         roots: ClientRoots = None,
     ) -> GetResult:
         """Read whole memory records by id, including the original message text."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.get(ids, scope))
 
     @server.tool(annotations=ToolAnnotations(title="List memories", read_only_hint=True, idempotent_hint=True))
     async def list_memories(
-        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -488,7 +482,7 @@ def _register_tools(
         ] = False,
     ) -> ListResult:
         """List memory records page by page, newest event first."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.list(scope, kinds, limit, cursor, include_superseded))
 
     @server.tool(
@@ -497,7 +491,6 @@ def _register_tools(
         )
     )
     async def delete_memory(
-        ctx: Context,
         ids: Annotated[list[RecordId], Field(description=f"Record ids to delete; at most {limits.max_ids_per_call}.")],
         user_id: UserId = "default",
         agent_id: AgentId = None,
@@ -506,7 +499,7 @@ def _register_tools(
         roots: ClientRoots = None,
     ) -> DeleteResult:
         """Permanently delete memory records by id. Ids not in this scope are reported missing."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.delete(ids, scope), "write")
 
     @server.tool(
@@ -515,7 +508,6 @@ def _register_tools(
         )
     )
     async def forget(
-        ctx: Context,
         confirm: Annotated[
             bool, Field(description="Must be the JSON boolean true: this deletes every memory in the scope.")
         ],
@@ -526,7 +518,7 @@ def _register_tools(
         roots: ClientRoots = None,
     ) -> ForgetResult:
         """Permanently delete every memory of a user, or of one agent or session of that user."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)), "write")
 
     @server.tool(
@@ -535,7 +527,6 @@ def _register_tools(
         )
     )
     async def flush_memory(
-        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -544,7 +535,7 @@ def _register_tools(
     ) -> FlushResult:
         """Turn the scope's buffered messages into long-term facts now, instead of waiting for the
         buffer to fill (e.g. at the end of a conversation). Messages stay searchable either way."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.flush(scope), "write")
 
     @server.tool(
@@ -573,7 +564,7 @@ def _register_tools(
         """Let newer facts update older ones: details are merged into a new version, and facts a newer
         one contradicts are superseded. Nothing is deleted: superseded facts drop out of search and
         keep their history (memory_history). Uses the LLM, a few facts per call."""
-        scope = None if all_users else await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = None if all_users else await scope_of(user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
         return await run(
             lambda m: m.consolidate(scope, since, until, dry_run, report), "admin" if all_users else "write"
@@ -612,13 +603,12 @@ def _register_tools(
         store each summary as a searchable 'summary' memory citing its sources. Summarizing the same
         window again replaces its summary. Uses one LLM call per window; without an LLM the summary
         is extractive (its most central sentences)."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
         return await run(lambda m: m.summarize(scope, window, since, until, topic, report), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Memory history", read_only_hint=True, idempotent_hint=True))
     async def memory_history(
-        ctx: Context,
         id: Annotated[
             RecordId,
             Field(
@@ -633,7 +623,7 @@ def _register_tools(
     ) -> HistoryResult:
         """Every version of a memory: what it said before, what replaced it, when, why, and which
         newer facts it rests on."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.history(id, scope))
 
     @server.tool(annotations=ToolAnnotations(title="Compress text", read_only_hint=True, idempotent_hint=True))
@@ -673,7 +663,6 @@ def _register_tools(
 
     @server.tool(annotations=ToolAnnotations(title="Memory statistics", read_only_hint=True, idempotent_hint=True))
     async def stats(
-        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -683,7 +672,7 @@ def _register_tools(
         """Report what the scope holds (records by kind and status, tokens before and after compression)
         and what its LLM calls cost: calls and tokens by purpose, the estimated cost, and what the same
         traffic would have cost without compression and without batching."""
-        scope = await scope_of(ctx, user_id, agent_id, session_id, project, roots)
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.stats(scope))
 
 
