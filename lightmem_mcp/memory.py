@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Protocol, TextIO
+from typing import TextIO
 
 from lightmem_mcp.api import (
     AddResult,
@@ -88,66 +88,6 @@ from lightmem_mcp.transfer import export_points, import_points
 _MAX_VERSIONS = 100
 # Speaker names looked at to tell whether a query names one.
 _MAX_SPEAKERS = 256
-
-
-class MemoryService(Protocol):
-    """The calls the MCP tools make: a `Memory`, or a stdio server's `shared.SharedMemory`, which
-    forwards them to the process that owns the store."""
-
-    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult: ...
-    def search(
-        self,
-        query: str,
-        scope: Scope,
-        limit: int = 10,
-        filters: SearchFilters | None = None,
-        mode: SearchMode | None = None,
-        context: int = 0,
-    ) -> SearchResult: ...
-    def recall(
-        self,
-        query: str,
-        scope: Scope,
-        max_tokens: int,
-        context: int,
-        filters: SearchFilters | None = None,
-        compress: bool = False,
-    ) -> RecallResult: ...
-    def get(self, ids: Sequence[str], scope: Scope) -> GetResult: ...
-    def list(
-        self,
-        scope: Scope,
-        kinds: Sequence[Kind] | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-        include_superseded: bool = False,
-    ) -> ListResult: ...
-    def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult: ...
-    def forget(self, scope: Scope, confirm: bool) -> int: ...
-    def flush(self, scope: Scope) -> FlushResult: ...
-    def consolidate(
-        self,
-        scope: Scope | None,
-        since: str | None = None,
-        until: str | None = None,
-        dry_run: bool = False,
-        progress: Progress | None = None,
-    ) -> ConsolidateResult: ...
-    def summarize(
-        self,
-        scope: Scope,
-        window: Window = "all",
-        since: str | None = None,
-        until: str | None = None,
-        topic: str | None = None,
-        progress: Progress | None = None,
-    ) -> SummarizeResult: ...
-    def history(self, record: str, scope: Scope) -> HistoryResult: ...
-    def compress(
-        self, text: str, rate: float | None = None, target_tokens: int | None = None, force_tokens: Sequence[str] = ()
-    ) -> Compression: ...
-    def stats(self, scope: Scope) -> StatsResult: ...
-    def close(self) -> None: ...
 
 
 class Memory:

@@ -47,7 +47,7 @@ from lightmem_mcp.auth import Forbidden, acting_user, check_access
 from lightmem_mcp.compressor import MAX_FORCE_TOKENS
 from lightmem_mcp.config import Settings
 from lightmem_mcp.errors import BackendUnavailable, LightMemError
-from lightmem_mcp.memory import MAX_CONTEXT, Memory, MemoryService
+from lightmem_mcp.memory import MAX_CONTEXT, Memory
 from lightmem_mcp.projects import Project, project_from_cwd, project_from_roots, project_of
 from lightmem_mcp.recall import (
     DEFAULT_RECALL_CONTEXT,
@@ -56,11 +56,15 @@ from lightmem_mcp.recall import (
     MIN_RECALL_TOKENS,
 )
 from lightmem_mcp.records import GLOBAL, MAX_ID_CHARS, Kind, Scope
+from lightmem_mcp.shared import SharedMemory
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The service the tools call: a `Memory`, or in stdio mode a `SharedMemory` (the owner's memory, or
+# a forwarder to it); mypy checks every tool's call against both.
+MemoryService = Memory | SharedMemory
 S = TypeVar("S", bound=MemoryService)
 Access = Literal["read", "write", "admin"]
 

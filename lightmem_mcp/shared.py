@@ -20,6 +20,7 @@ the secret on the loopback channel), and so is a server of another version: both
 from __future__ import annotations
 
 import errno
+import hashlib
 import hmac
 import inspect
 import json
@@ -30,6 +31,7 @@ import secrets
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -68,7 +70,7 @@ from lightmem_mcp.config import SearchMode, Settings
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import BackendUnavailable, LightMemError, StoreInUse
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.privacy import PRIVATE_DIR, PRIVATE_FILE
+from lightmem_mcp.privacy import PRIVATE_FILE, private_directory
 from lightmem_mcp.records import Kind, Scope
 
 if sys.platform == "win32":
@@ -153,9 +155,6 @@ class OwnerFiles:
         path = self.folder / "socket"
         if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
             return path
-        import hashlib
-        import tempfile
-
         digest = hashlib.sha256(os.fsencode(self.folder)).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"lightmem-{os.getuid()}" / f"{digest}.sock"
 
@@ -175,12 +174,6 @@ class OwnerFiles:
         os.replace(tmp, self.info)
 
 
-def _private_folder(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    with suppress(OSError):
-        os.chmod(path, PRIVATE_DIR)
-
-
 class StoreLock:
     """The exclusive lock that makes a process the store's owner; the OS drops it when the process dies."""
 
@@ -197,7 +190,7 @@ class StoreLock:
         """Take the lock if it is free; never waits."""
         if self._fd is not None:
             return True
-        _private_folder(self._path.parent)
+        private_directory(self._path.parent)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             if sys.platform == "win32":
@@ -354,7 +347,7 @@ class _OwnerChannel:
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="lightmem-owner")
         if channel == "unix":
             path = files.socket
-            _private_folder(path.parent)
+            private_directory(path.parent)
             with suppress(FileNotFoundError):
                 path.unlink()  # a dead owner's; the lock says nobody else can be listening
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -550,6 +543,7 @@ class _Connection:
     def __init__(
         self,
         sock: socket.socket,
+        reader: BinaryIO,
         welcome: dict[str, Any],
         on_gone: Callable[[_Connection], None] | None = None,
         on_successor: Callable[[], None] | None = None,
@@ -558,7 +552,7 @@ class _Connection:
         self.welcome = welcome
         self._on_gone = on_gone
         self._on_successor = on_successor
-        self._reader = sock.makefile("rb")
+        self._reader = reader
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pending: dict[int, queue.SimpleQueue[_Event]] = {}
@@ -593,13 +587,15 @@ class _Connection:
                 "secret": info.secret,
             }
             sock.sendall(json.dumps({"hello": hello}).encode() + b"\n")
-            reply = _read_message(sock.makefile("rb"))
+            # One reader for the welcome and all that follows: a second buffer could swallow a line.
+            reader = sock.makefile("rb")
+            reply = _read_message(reader)
             if reply is None:
                 raise ConnectionResetError("the owner closed the connection")
             if "refused" in reply:
                 raise BackendUnavailable(f"the memory owner refused this server: {reply['refused']}")
             sock.settimeout(None)
-            return cls(sock, dict(reply.get("welcome") or {}), on_gone, on_successor)
+            return cls(sock, reader, dict(reply.get("welcome") or {}), on_gone, on_successor)
         except BaseException:
             sock.close()
             raise
@@ -710,9 +706,9 @@ class SharedMemory:
         self.handovers = 0  # times this process took the store over from a departed owner
 
     @classmethod
-    def open(cls, settings: Settings) -> SharedMemory:
+    def open(cls, settings: Settings, open_memory: OpenMemory = _open_memory) -> SharedMemory:
         """Own the store or connect to its owner; blocking (seconds when this process opens the store)."""
-        shared = cls(settings)
+        shared = cls(settings, open_memory)
         with shared._route:
             shared._settle(time.monotonic() + settings.shared.handover_timeout_s)
         return shared
@@ -822,7 +818,7 @@ class SharedMemory:
                 except _OwnerGone:
                     pass
                 else:
-                    adapter: TypeAdapter[T] = TypeAdapter(result)
+                    adapter: TypeAdapter[T] = signature.result  # `result` is what `Memory`'s hint says
                     return adapter.validate_python(value)
             if deadline is None:
                 deadline = time.monotonic() + self._settings.shared.handover_timeout_s

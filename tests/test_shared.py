@@ -54,9 +54,7 @@ def start(settings: Settings, embedder: Embedder, started: list[SharedMemory]) -
     def open_memory(s: Settings, warm: Embedder | None) -> Memory:
         return Memory.open(s, embedder=embedder)
 
-    server = SharedMemory(settings, open_memory)
-    with server._route:
-        server._settle(time.monotonic() + settings.shared.handover_timeout_s)
+    server = SharedMemory.open(settings, open_memory)
     started.append(server)
     return server
 

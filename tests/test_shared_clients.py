@@ -40,6 +40,15 @@ class Window:
     def pid(self) -> int:
         return int(self._pid_file.read_text())
 
+    async def try_add(self, writer: str, n: int, errors: list[str]) -> str | None:
+        """Add one message; its message id once acknowledged, else None with the error kept."""
+        result = await self.client.call_tool("add_memory", {"messages": [message(writer, n)], "user_id": "team"})
+        if result.is_error:
+            errors.append(str(result.content))
+            return None
+        assert result.structured_content is not None
+        return str(result.structured_content["source_ids"][0])
+
     async def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         result = await self.client.call_tool(tool, arguments)
         assert not result.is_error, result.content
@@ -114,12 +123,10 @@ async def test_four_windows_write_and_search_one_memory_at_once(tmp_path: Path) 
             stop = anyio.current_time() + 20
             while anyio.current_time() < stop:  # never cancel a call: each one is acknowledged or failed
                 n += 1
-                result = await w.client.call_tool("add_memory", {"messages": [message(writer, n)], "user_id": "team"})
-                if result.is_error:
-                    errors.append(str(result.content))
+                added = await w.try_add(writer, n, errors)
+                if added is None:
                     continue
-                assert result.structured_content is not None
-                acknowledged[result.structured_content["source_ids"][0]] = writer
+                acknowledged[added] = writer
                 found = await w.client.call_tool("search_memory", {"query": f"cache key k{n}", "user_id": "team"})
                 if found.is_error:
                     errors.append(str(found.content))
@@ -157,12 +164,10 @@ async def test_killing_the_owner_hands_the_store_to_another_window_and_loses_not
             n = 0
             while writes_after_kill[writer] < 5:
                 n += 1
-                result = await w.client.call_tool("add_memory", {"messages": [message(writer, n)], "user_id": "team"})
-                if result.is_error:
-                    errors.append(str(result.content))
+                added = await w.try_add(writer, n, errors)
+                if added is None:
                     continue
-                assert result.structured_content is not None
-                acknowledged.extend(result.structured_content["source_ids"])
+                acknowledged.append(added)
                 if owner_killed.is_set():
                     writes_after_kill[writer] += 1
 
