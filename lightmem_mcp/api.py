@@ -238,15 +238,32 @@ class ForgetResult(BaseModel):
 # -- flush_memory ------------------------------------------------------------------------
 
 
-class FlushResult(BaseModel):
-    """What one flush did."""
+class SpendEstimate(BaseModel):
+    """What a run would cost: LLM calls, tokens, and the price table's estimate of their cost."""
 
-    extracted_turns: int = Field(description="Turns turned into facts by this flush.")
+    llm_calls: int
+    prompt_tokens: int = Field(description="Counted with the configured tokenizer on the prompts the run would send.")
+    completion_tokens: int = Field(description="Expected answer tokens, from this user's earlier calls when known.")
+    cost: dict[str, float] = Field(description="By currency; empty when the model is not in the price table.")
+    priced_as: str | None = Field(default=None, description="The `<provider>/<model>` whose price was applied.")
+
+
+class FlushResult(BaseModel):
+    """What one flush did (or, in a dry run, would do)."""
+
+    dry_run: bool = False
+    extracted_turns: int = Field(description="Turns turned into facts by this flush (a dry run: that it would take).")
+    backlog_turns: int = Field(
+        default=0, description="Of them, turns stored while no LLM was configured (`backlog`), taken oldest first."
+    )
     facts: int = Field(description="Facts written.")
     llm_calls: int = Field(description="Extraction calls made (one per batch of topic segments).")
     pending_turns: int = Field(description="Turns still waiting for extraction.")
     pending_tokens: int = Field(description="Their tokens.")
     error: str | None = Field(default=None, description="Why extraction stopped early; the turns stay pending.")
+    estimate: SpendEstimate | None = Field(
+        default=None, description="A dry run: the calls, tokens and cost it would take."
+    )
 
 
 # -- consolidate, memory_history ---------------------------------------------------------
@@ -293,6 +310,10 @@ class ConsolidateResult(BaseModel):
     ignored: int
     changes: list[ConsolidationChange] = Field(description=f"The changes, at most {MAX_REPORTED_CHANGES}.")
     error: str | None = Field(default=None, description="Why the run stopped early; finished users stay done.")
+    estimate: SpendEstimate | None = Field(
+        default=None,
+        description="A dry run: what it spent deciding, which a real run spends again (the same calls).",
+    )
 
 
 # -- summarize ---------------------------------------------------------------------------
@@ -314,11 +335,16 @@ class SummaryInfo(BaseModel):
 
 
 class SummarizeResult(BaseModel):
-    """What summarize wrote."""
+    """What summarize wrote (or, in a dry run, would write)."""
 
+    dry_run: bool = False
     summaries: list[SummaryInfo]
     llm_calls: int
     error: str | None = Field(default=None, description="Why some windows were not summarized.")
+    windows: int | None = Field(default=None, description="A dry run: the windows it would summarize.")
+    estimate: SpendEstimate | None = Field(
+        default=None, description="A dry run: the calls, tokens and cost it would take."
+    )
 
 
 # -- compress ----------------------------------------------------------------------------
@@ -427,6 +453,19 @@ class CostReport(BaseModel):
     )
 
 
+class BudgetStatus(BaseModel):
+    """Today's LLM spend against the daily token budgets (LIGHTMEM_BUDGET_*), and whether work waits."""
+
+    day: str = Field(description="The UTC day the figures cover.")
+    user_tokens: int = Field(description="Tokens this user's LLM calls used today.")
+    user_limit: int = Field(description="LIGHTMEM_BUDGET_USER_TOKENS_PER_DAY; 0: no limit.")
+    total_tokens: int = Field(description="Tokens every user's calls used today.")
+    total_limit: int = Field(description="LIGHTMEM_BUDGET_TOKENS_PER_DAY; 0: no limit.")
+    waiting: bool = Field(description="Whether extraction and sleep-time work wait for the budget.")
+    reason: str | None = Field(default=None, description="Why they wait; turns stay pending and searchable.")
+    resumes_at: str | None = Field(default=None, description="When the budget renews (UTC midnight).")
+
+
 class StatsResult(BaseModel):
     """What a scope holds and what its LLM calls cost."""
 
@@ -439,6 +478,7 @@ class StatsResult(BaseModel):
     llm: list[LLMUsage] = Field(description="By purpose.")
     llm_total: LLMUsage
     cost: CostReport
+    budget: BudgetStatus | None = Field(default=None, description="Today's spend against the daily budgets.")
 
 
 # -- export / import (command line) ------------------------------------------------------

@@ -1,7 +1,10 @@
 """The short-term buffer: pending turns of each scope, segmented and sent to extraction in batches.
 
 The buffer holds no state of its own: a turn waiting for extraction is a stored turn with
-`stage = "pending"`, so a restart resumes where it stopped and a crash loses nothing. A batch is
+`stage = "pending"`, so a restart resumes where it stopped and a crash loses nothing. Turns are
+stored as sent; the buffer compresses them (LLMLingua-2, batched) when it flushes, right before
+segmentation, and keeps the compressed words on the turn (`compressed_text`), so a crash after
+compression neither loses the turn nor compresses it again. A batch is
 written in an order that makes any crash safe: facts of an earlier, unfinished attempt on the same
 turns are deleted, the new facts are written, and only then are the turns marked extracted, in
 one operation. Facts have deterministic ids, so a retried batch never duplicates.
@@ -15,18 +18,20 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from lightmem_mcp.api import FlushResult
+from lightmem_mcp.compressor import Compressor
 from lightmem_mcp.config import PipelineSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.events import MemoryObserver
-from lightmem_mcp.extractor import BufferedTurn, DraftFact, FactExtractor
+from lightmem_mcp.extractor import BufferedTurn, DraftFact, FactExtractor, extraction_prompt, render_batch
 from lightmem_mcp.indexing import RecordWriter
 from lightmem_mcp.lease import Leases, scope_key
 from lightmem_mcp.records import Fact, RecordFilter, Scope, Turn
 from lightmem_mcp.segmenter import TopicSegmenter
+from lightmem_mcp.spend import BudgetReached, SpendGuard
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import now, to_epoch
 
@@ -36,6 +41,19 @@ log = logging.getLogger(__name__)
 _MAX_SEGMENT_FACTOR = 4
 _MAX_PENDING_READ = 10_000
 _RETRY_AFTER_FAILURE_S = 60.0
+# Deferred turns compressed per model call, and whose results are written before the next.
+_COMPRESS_CHUNK = 64
+# Backlog turns marked pending per store write.
+_REQUEUE_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class FlushPlan:
+    """What a flush would do: the turns it would take, and the prompts of its extraction calls."""
+
+    turns: int
+    backlog: int
+    prompts: list[tuple[str, str]]
 
 
 class ShortTermBuffer:
@@ -47,16 +65,19 @@ class ShortTermBuffer:
         store: VectorStore,
         writer: RecordWriter,
         embedder: Embedder,
+        compressor: Compressor,
         segmenter: TopicSegmenter,
         extractor: FactExtractor | None,
         observer: MemoryObserver,
         leases: Leases,
         lease_ttl_s: float,
+        spend: SpendGuard,
     ) -> None:
         self._settings = settings
         self._store = store
         self._writer = writer
         self._embedder = embedder
+        self._compressor = compressor
         self._segmenter = segmenter
         self._extractor = extractor
         # Told how many facts each flush wrote (the sleep-time schedule counts them).
@@ -64,6 +85,9 @@ class ShortTermBuffer:
         # One replica at a time extracts a scope (Redis leases when replicas share a store).
         self._leases = leases
         self._lease_ttl_s = lease_ttl_s
+        # Daily token budgets: a spent one makes extraction wait, and a timer resumes it at midnight.
+        self._spend = spend
+        self._renewal: threading.Timer | None = None
         self._guard = threading.Lock()
         self._scope_locks: dict[Scope, threading.Lock] = {}
         self._scheduled: set[Scope] = set()
@@ -90,9 +114,9 @@ class ShortTermBuffer:
     def notify(self, scope: Scope) -> None:
         """After an add: extract in the background once the scope's pending tokens reach the threshold."""
         scope = scope.stored
-        if not self.active or not self._may_schedule(scope):
+        if not self.active or not self._may_schedule(scope) or self._waits(scope) is not None:
             return
-        if _tokens(self._pending(scope)) >= self._settings.buffer_tokens:
+        if self._expected_tokens(self._pending(scope)) >= self._settings.buffer_tokens:
             self._schedule(scope)
 
     def resume(self) -> None:
@@ -152,37 +176,70 @@ class ShortTermBuffer:
 
     def close(self) -> None:
         """Stop taking work; running batches finish, unstarted ones stay pending in the store."""
+        with self._guard:
+            if self._renewal is not None:
+                self._renewal.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _waits(self, scope: Scope) -> BudgetReached | None:
+        """The spent budget the scope's extraction waits for, if any (and the renewal is armed)."""
+        reached = self._spend.blocked(scope.user_id)
+        if reached is not None:
+            self._resume_at(reached)
+        return reached
+
+    def _resume_at(self, reached: BudgetReached) -> None:
+        """Look at every scope's pending turns again when the spent budget renews."""
+        with self._guard:
+            if self._renewal is not None and self._renewal.is_alive():
+                return
+            delay = max(1.0, self._spend.seconds_until(reached.until))
+            self._renewal = threading.Timer(delay, self.resume)
+            self._renewal.name = "lightmem-budget-renewal"
+            self._renewal.daemon = True
+            self._renewal.start()
 
     # -- extraction ----------------------------------------------------------------------
 
-    def flush(self, scope: Scope, force: bool = True) -> FlushResult:
+    def flush(self, scope: Scope, force: bool = True, backlog: bool = False) -> FlushResult:
         """Extract the pending turns of exactly this scope (its project included): all of them when
-        forced, else whole batches only."""
+        forced, else whole batches only. With `backlog`, the scope's skipped turns (stored while no
+        LLM was configured) are taken too, oldest first, in the same batches."""
         scope = scope.stored
-        extracted = facts = calls = 0
+        extracted = facts = calls = taken = 0
         error = None
         lease = (
             self._leases.hold(f"extract:{scope_key(scope)}", self._lease_ttl_s) if self.active else nullcontext(True)
         )
         with self._scope_lock(scope), lease as held:
             if self._extractor is not None and held:
-                pending = self._pending(scope)
-                for batch in self._batches(pending, force):
-                    try:
-                        written, tried = self._extract(scope, self._extractor, batch)
-                    except BackendUnavailable as exc:
-                        error = str(exc)
-                        calls += 1
-                        break
-                    calls += tried
-                    facts += written
-                    extracted += sum(len(segment) for segment in batch)
+                reached = self._waits(scope)
+                if reached is not None:
+                    error = str(reached)
+                else:
+                    if backlog:
+                        taken = self._requeue(scope)
+                    pending = self.compress(scope, self._pending(scope))
+                    for batch in self._batches(pending, force):
+                        try:
+                            written, tried = self._extract(scope, self._extractor, batch)
+                        except BudgetReached as exc:  # refused before any request: no call made
+                            error = str(exc)
+                            self._resume_at(exc)
+                            break
+                        except BackendUnavailable as exc:
+                            error = str(exc)
+                            calls += 1
+                            break
+                        calls += tried
+                        facts += written
+                        extracted += sum(len(segment) for segment in batch)
             left = self._pending(scope)
         if facts:
             self._observer.facts_stored(scope, facts)
         return FlushResult(
             extracted_turns=extracted,
+            backlog_turns=taken,
             facts=facts,
             llm_calls=calls,
             pending_turns=len(left),
@@ -192,11 +249,60 @@ class ShortTermBuffer:
             or (None if self.active else "no LLM configured (LIGHTMEM_LLM_PROVIDER): turns are kept as memories"),
         )
 
+    def plan(self, scope: Scope, backlog: bool = False) -> FlushPlan:
+        """What a forced flush (with `backlog`: of the backlog too) would send, changing nothing: the
+        turns are compressed and segmented in memory and the prompts rendered, but no call is made."""
+        scope = scope.stored
+        pending = self._pending(scope)
+        requeued = self._backlog(scope, len(pending)) if backlog else []
+        turns = sorted(pending + [turn for turn, _ in requeued], key=lambda turn: turn.order)
+        turns = self.compress(scope, turns, persist=False)
+        prompts = [(extraction_prompt(scope), render_batch(batch)) for batch in self._batches(turns, force=True)]
+        return FlushPlan(turns=len(turns), backlog=len(requeued), prompts=prompts)
+
+    def _backlog(self, scope: Scope, pending: int) -> list[tuple[Turn, dict[str, object]]]:
+        """The scope's skipped turns whose role feeds extraction, oldest first, as they would be once
+        taken, with the fields that take them (as many as one flush reads)."""
+        where = RecordFilter(
+            scope.user_id,
+            scope.agent_id,
+            scope.session_id,
+            kinds=("turn",),
+            stages=("skipped",),
+            exact_scope=True,
+            project=scope.project,
+        )
+        skipped = sorted(
+            (t for t in map(Turn.read, self._store.scan(where)) if self.feeds_extraction(t.role or "user")),
+            key=lambda turn: turn.order,
+        )
+        taken = []
+        for turn in skipped[: max(_MAX_PENDING_READ - pending, 0)]:
+            # A role that fed no extraction when it was stored was never meant to be compressed.
+            never = turn.compression == "not_extracted"
+            fields = Turn.requeued(
+                ("disabled" if self._compressor.status == "disabled" else "deferred") if never else None
+            )
+            taken.append((replace(turn, payload={**turn.payload, **fields}), fields))
+        return taken
+
+    def _requeue(self, scope: Scope) -> int:
+        """Mark the backlog pending (kept in the store: a crash after this loses nothing); returns how many."""
+        requeued = self._backlog(scope, len(self._pending(scope)))
+        exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True, project=scope.project)
+        groups: dict[str, tuple[dict[str, object], list[str]]] = {}
+        for turn, fields in requeued:
+            groups.setdefault(repr(sorted(fields.items())), (fields, []))[1].append(turn.id)
+        for fields, ids in groups.values():
+            for start in range(0, len(ids), _REQUEUE_CHUNK):
+                self._store.set_payload(replace(exact, ids=tuple(ids[start : start + _REQUEUE_CHUNK])), fields)
+        return len(requeued)
+
     def _batches(self, pending: list[Turn], force: bool) -> list[list[list[BufferedTurn]]]:
         """Topic segments grouped into batches of about `buffer_tokens` each."""
         if not pending:
             return []
-        texts = [turn.text for turn in pending]
+        texts = [turn.for_extraction for turn in pending]
         # Embedded as extraction reads them (no speaker name, compressed when compression applied): the
         # stored vectors embed the speaker's name and the words as sent (indexing.py), which would move
         # the similarity of neighbours that segmentation looks for. So the pending turns are read
@@ -248,7 +354,41 @@ class ShortTermBuffer:
         log.info("extracted %d facts from %d turns in one call", len(facts), len(turns))
         return len(facts), 1
 
+    # -- compression ---------------------------------------------------------------------
+
+    def compress(self, scope: Scope, turns: Sequence[Turn], persist: bool = True) -> list[Turn]:
+        """The turns with the deferred ones compressed (in batched model passes); with `persist`, each
+        chunk's results are written to its turns before the next chunk runs."""
+        deferred = [i for i, turn in enumerate(turns) if turn.compression == "deferred"]
+        done = list(turns)
+        exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True, project=scope.project)
+        for start in range(0, len(deferred), _COMPRESS_CHUNK):
+            chunk = deferred[start : start + _COMPRESS_CHUNK]
+            results = self._compressor.compress_many([turns[i].text for i in chunk])
+            for i, result in zip(chunk, results, strict=True):
+                fields = Turn.compressed(
+                    result.text if result.applied else None,
+                    result.compressed_tokens,
+                    result.skipped_reason or "applied",
+                )
+                if persist:
+                    self._store.set_payload(replace(exact, ids=(turns[i].id,)), fields)
+                done[i] = replace(turns[i], payload={**turns[i].payload, **fields})
+        return done
+
+    def _expected_tokens(self, turns: Sequence[Turn]) -> int:
+        """The pending tokens extraction will be sent, counting a deferred turn at what compression is
+        expected to leave of it."""
+        return sum(
+            self._compressor.expected_tokens(t.tokens_original) if t.compression == "deferred" else t.tokens_compressed
+            for t in turns
+        )
+
     # -- reading the buffer --------------------------------------------------------------
+
+    def pending(self, scope: Scope) -> list[Turn]:
+        """The pending turns of exactly this scope, in conversation order."""
+        return self._pending(scope.stored)
 
     def _pending(self, scope: Scope) -> list[Turn]:
         where = RecordFilter(

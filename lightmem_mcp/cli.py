@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         help="File to write (created 0600, replaced only when complete; never a link or special file), "
         "or - for stdout (the default).",
     )
+    backlog = commands.add_parser(
+        "backlog",
+        help="Extract facts from the messages stored while no LLM was configured, oldest first, in the normal "
+        "batches (it costs LLM calls: run it with --dry-run first). Stop the MCP servers of this data directory "
+        "first, or call the flush_memory tool with backlog=true instead.",
+    )
+    backlog.add_argument("--dry-run", action="store_true", help="Change nothing; print calls, tokens and cost.")
+    backlog.add_argument("--user", help="Only this user's scopes (default: every user).")
     restore = commands.add_parser(
         "import",
         help="Restore an export: checked whole first (a bad line writes nothing); importing twice changes nothing; "
@@ -110,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("export", "import"):
         return _transfer(args, settings)
 
+    if args.command == "backlog":
+        return _backlog(args, settings)
+
     if getattr(args, "transport", "stdio") != "stdio":
         return _serve_http(args, settings)
 
@@ -137,6 +148,75 @@ def _reindex(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lightmem-mcp: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _backlog(args: argparse.Namespace, settings: Settings) -> int:
+    """`backlog`: per scope with skipped turns, extract them (or, with --dry-run, say what it would take)."""
+    from lightmem_mcp.errors import LightMemError
+    from lightmem_mcp.memory import Memory
+    from lightmem_mcp.shared import holding_store
+
+    try:
+        with holding_store(settings, "backlog"):
+            memory = Memory.open_idle(settings)
+            try:
+                if not memory.llm.configured and not args.dry_run:
+                    print(
+                        "lightmem-mcp backlog: no LLM configured (LIGHTMEM_LLM_PROVIDER); set one up, or use "
+                        "--dry-run to see what extraction would take",
+                        file=sys.stderr,
+                    )
+                    return 2
+                return _run_backlog(memory, args.user, args.dry_run)
+            finally:
+                memory.close()
+    except LightMemError as exc:
+        print(f"lightmem-mcp backlog: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_backlog(memory: Memory, user: str | None, dry_run: bool) -> int:
+    """The body of `backlog` over an open store: one line per scope, then the total."""
+    totals = [0, 0, 0, 0]
+    cost: dict[str, float] = {}
+    failed = False
+    print(
+        "scope\tturns\tllm_calls\tprompt_tokens\tcompletion_tokens\tcost"
+        if dry_run
+        else "scope\tturns\tfacts\tllm_calls\terror"
+    )
+    for scope in memory.backlog_scopes(user):
+        done = memory.flush(scope, backlog=True, dry_run=dry_run)
+        if not done.backlog_turns:
+            continue
+        name = "/".join(part or "-" for part in (scope.user_id, scope.agent_id, scope.session_id, scope.project))
+        if dry_run and done.estimate is not None:
+            spend = done.estimate
+            money = ", ".join(f"{amount:.4f} {currency}" for currency, amount in spend.cost.items()) or "unpriced"
+            print(
+                f"{name}\t{done.extracted_turns}\t{spend.llm_calls}\t{spend.prompt_tokens}\t{spend.completion_tokens}\t{money}"
+            )
+            figures = (done.extracted_turns, spend.llm_calls, spend.prompt_tokens, spend.completion_tokens)
+            for currency, amount in spend.cost.items():
+                cost[currency] = cost.get(currency, 0.0) + amount
+        else:
+            print(f"{name}\t{done.extracted_turns}\t{done.facts}\t{done.llm_calls}\t{done.error or ''}")
+            figures = (done.extracted_turns, done.facts, done.llm_calls, 0)
+            failed = failed or done.error is not None
+        totals = [a + b for a, b in zip(totals, figures, strict=True)]
+    if dry_run:
+        money = ", ".join(f"{amount:.4f} {currency}" for currency, amount in sorted(cost.items())) or "unpriced"
+        print(
+            f"lightmem-mcp backlog --dry-run: {totals[0]} turns, {totals[1]} LLM calls, {totals[2]} prompt and "
+            f"~{totals[3]} completion tokens, estimated {money}; nothing was changed",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"lightmem-mcp backlog: {totals[0]} turns extracted into {totals[1]} facts in {totals[2]} LLM calls",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _serve_stdio(settings: Settings) -> int:

@@ -184,6 +184,13 @@ class Compressor:
         """The torch device the model runs on, once loaded."""
         return self._device
 
+    def expected_tokens(self, tokens: int) -> int:
+        """About how many of a text's `tokens` compression will keep: the buffer counts turns that wait
+        to be compressed this way, so its batches fill as they do with compressed turns."""
+        if self._status in ("disabled", "unavailable") or tokens < max(self.settings.min_tokens, 1):
+            return tokens
+        return max(1, round(tokens * self.settings.rate))
+
     def load(self) -> CompressorStatus:
         """Find and load the model once (thread-safe); returns the resulting status and never raises."""
         with self._load_lock:

@@ -271,6 +271,18 @@ class LLMSettings(_Section):
     retry_base_delay_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles each retry.")
     temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature for extraction.")
     max_output_tokens: int = Field(default=4096, ge=64, description="Most tokens one answer may use.")
+    requests_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Most requests a minute to the endpoint, spread evenly (one every 60/N s), retries "
+        "included; 0 = no limit.",
+    )
+    tokens_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Most tokens in any minute, counted before each request: the prompt and a quarter of it "
+        "(at most max_output_tokens) for the answer; a bigger call waits for a whole free minute; 0 = no limit.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> LLMSettings:
@@ -355,6 +367,21 @@ class SleepSettings(_Section):
     interval_minutes: float = Field(default=0, ge=0, description="Run every this many minutes; 0 turns it off.")
     after_facts: int = Field(default=0, ge=0, description="Also run for a scope after this many new facts; 0: off.")
     summarize: bool = Field(default=True, description="Also summarize each day with new facts.")
+
+
+class BudgetSettings(_Section):
+    """Daily LLM token budgets: once one is spent, extraction and sleep-time work wait for the next day (UTC)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_BUDGET_", extra="forbid")
+
+    user_tokens_per_day: int = Field(
+        default=0,
+        ge=0,
+        description="LLM tokens (prompt + completion) one user (over HTTP: a tenant) may spend per UTC day; 0: none.",
+    )
+    tokens_per_day: int = Field(
+        default=0, ge=0, description="LLM tokens this server may spend per UTC day, every user together; 0: no limit."
+    )
 
 
 class PriceSettings(_Section):
@@ -563,6 +590,7 @@ class Settings(BaseModel):
     summary: SummarySettings = Field(default_factory=SummarySettings)
     sleep: SleepSettings = Field(default_factory=SleepSettings)
     price: PriceSettings = Field(default_factory=PriceSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     leases: LeaseSettings = Field(default_factory=LeaseSettings)

@@ -39,13 +39,14 @@ from lightmem_mcp.api import (
     HistoryEntry,
     Progress,
 )
-from lightmem_mcp.config import ConsolidationSettings
+from lightmem_mcp.config import ConsolidationSettings, PriceSettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.indexing import RecordWriter
 from lightmem_mcp.lease import Leases, scope_key
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.records import GLOBAL, Fact, LLMCall, RecordFilter, Scope, record_id
+from lightmem_mcp.spend import estimate
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 
@@ -100,6 +101,8 @@ class _RunTally:
     checked: int = 0
     targets: int = 0
     calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     updated: int = 0
     superseded: int = 0
     ignored: int = 0
@@ -118,8 +121,10 @@ class Consolidator:
         llm: LLMClient,
         leases: Leases,
         lease_ttl_s: float,
+        prices: PriceSettings,
     ) -> None:
         self._settings = settings
+        self._prices = prices  # a dry run's estimate
         self._store = store
         self._writer = writer
         self._embedder = embedder
@@ -179,6 +184,16 @@ class Consolidator:
             ignored=tally.ignored,
             changes=tally.changes[:MAX_REPORTED_CHANGES],
             error=error,
+            estimate=estimate(
+                self._prices,
+                self._llm.provider,
+                self._llm.model,
+                tally.calls,
+                tally.prompt_tokens,
+                tally.completion_tokens,
+            )
+            if dry_run
+            else None,
         )
 
     def _run_scope(
@@ -206,6 +221,8 @@ class Consolidator:
         for number, (project, group) in enumerate(groups, start=1):
             decisions, call = self._decide(replace(scope, project=project), group)
             tally.calls += 1
+            tally.prompt_tokens += call.usage.prompt_tokens
+            tally.completion_tokens += call.usage.completion_tokens
             for target, decision in zip(group, decisions, strict=True):
                 if decision is None or decision.action == "ignore" or target.fact.id in done:
                     tally.ignored += 1

@@ -92,14 +92,14 @@ class BufferedTurn:
 
     @classmethod
     def of(cls, turn: Turn, topic_id: str = "", said: bool = False) -> BufferedTurn:
-        """A stored turn as sent to extraction: its stored (compressed) text, or with `said` its words
-        as the person wrote them."""
+        """A stored turn as sent to extraction: its compressed words (see `Turn.for_extraction`), or
+        with `said` its words as the person wrote them."""
         return cls(
             record_id=turn.id,
             message_id=turn.message_id,
             role=turn.role or "user",
             speaker=turn.speaker,
-            text=turn.said if said else turn.text,
+            text=turn.said if said else turn.for_extraction,
             event_time=from_epoch(turn.event_ts),
             topic_id=topic_id,
         )

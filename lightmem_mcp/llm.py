@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -19,12 +20,15 @@ from pydantic import BaseModel, ValidationError
 
 from lightmem_mcp.config import LLMSettings
 from lightmem_mcp.errors import BackendUnavailable
+from lightmem_mcp.ratelimit import RateLimiter
 from lightmem_mcp.records import LLMCall, Scope, Usage
 
 if TYPE_CHECKING:
     from openai import APIStatusError, OpenAI
     from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
     from openai.types.completion_usage import CompletionUsage
+
+    from lightmem_mcp.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ MAX_DELAY_S = 60.0
 # The SDK insists on an api_key string; this one never leaves the process because the
 # Authorization header is either ours (from the settings) or explicitly omitted.
 _PLACEHOLDER_KEY = "lightmem-unused"
+# The rate limiter counts a call's tokens before the answer exists: the prompt plus this share of
+# it (at most max_output_tokens). Extraction answers restate the user's turns in fewer words; the
+# full max_output_tokens would hold back far more than answers use.
+_ANSWER_SHARE = 0.25
 
 
 class LLMError(BackendUnavailable):
@@ -61,6 +69,7 @@ class _Failure:
 
     problem: str
     retry_after_s: float | None = None
+    throttled: bool = False  # a 429: the server wants fewer requests from every caller, not only this one
 
 
 class LLMClient:
@@ -72,10 +81,18 @@ class LLMClient:
         *,
         on_call: Callable[[LLMCall], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        before_call: Callable[[str, Scope | None, int], None] | None = None,
+        counter: TokenCounter | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._on_call = on_call
         self._sleep = sleep
+        self._before_call = before_call
+        self._counter = counter
+        # Requests and tokens per minute (LIGHTMEM_LLM_REQUESTS_PER_MINUTE / _TOKENS_PER_MINUTE), shared by
+        # every caller of this client; None: no limits. Replaceable, e.g. by a benchmark's shorter window.
+        self.limiter = limiter if limiter is not None else RateLimiter.from_settings(settings)
         self._sdk: OpenAI | None = None
         self._sdk_lock = threading.Lock()
 
@@ -83,6 +100,11 @@ class LLMClient:
     def configured(self) -> bool:
         """Whether an LLM is set up; without one, extraction is off."""
         return self._settings.provider != "none"
+
+    @property
+    def provider(self) -> str:
+        """The configured provider (none when no LLM is set up)."""
+        return self._settings.provider
 
     @property
     def model(self) -> str:
@@ -104,7 +126,15 @@ class LLMClient:
             "api_key_set": s.api_key is not None,
             "timeout_s": s.timeout_s,
             "max_retries": s.max_retries,
+            "requests_per_minute": s.requests_per_minute,
+            "tokens_per_minute": s.tokens_per_minute,
         }
+
+    def estimate_tokens(self, system: str, user: str) -> int:
+        """Prompt tokens of a call before it is made: the client's TokenCounter, else about 4 characters a token."""
+        if self._counter is not None:
+            return self._counter.count(system) + self._counter.count(user)
+        return math.ceil((len(system) + len(user)) / 4)
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -118,7 +148,8 @@ class LLMClient:
     ) -> LLMResult[T]:
         """One JSON-mode chat completion parsed into `schema`, retried on outages and bad answers. The
         call, answered or not, is handed to `on_call` with the scope it was made for and the turns it
-        took (the usage ledger)."""
+        took (the usage ledger). `before_call` sees (purpose, scope, estimated prompt tokens) once, before
+        the first attempt; if it raises, the exception propagates and nothing is sent or recorded."""
         if "json" not in (system + user).lower():
             # JSON mode requires it: DeepSeek and OpenAI answer 400 otherwise.
             raise ValueError("the prompt must mention JSON for JSON mode")
@@ -154,10 +185,21 @@ class LLMClient:
             message = "no LLM is configured: set LIGHTMEM_LLM_PROVIDER (deepseek, huawei-maas, pangu, openai, ...)"
             raise LLMError(message, record(False, message), retryable=False)
 
+        prompt_tokens = self.estimate_tokens(system, user)
+        if self._before_call is not None:
+            self._before_call(purpose, scope, prompt_tokens)
+        weight = prompt_tokens + min(self._settings.max_output_tokens, int(prompt_tokens * _ANSWER_SHARE))
         max_attempts = self._settings.max_retries + 1
         failure = _Failure("no attempt made")
         for attempt in range(1, max_attempts + 1):
             attempts = attempt
+            if self.limiter is not None:
+                # The SDK client first (its first build takes a while), so the request leaves right
+                # after its slot; every attempt is a request to the endpoint, retries included.
+                self._client()
+                waited = self.limiter.acquire(weight)
+                if waited >= 0.1:
+                    log.debug("LLM call for %s waited %.2fs for the client-side rate limit", purpose, waited)
             outcome = self._attempt(system, user, schema)
             if isinstance(outcome, _Fatal):
                 message = f"LLM call for {purpose} failed: {outcome.message}; the {purpose} batch stays pending"
@@ -178,7 +220,11 @@ class LLMClient:
                 failure.problem,
                 delay,
             )
-            self._sleep(delay)
+            if self.limiter is not None and failure.throttled:
+                # Every caller waits it out, this one included (in its next acquire): no storm of retries.
+                self.limiter.pause(delay)
+            else:
+                self._sleep(delay)
 
         message = (
             f"LLM call for {purpose} failed after {attempts} attempt(s): {failure.problem}; "
@@ -196,7 +242,8 @@ class LLMClient:
         except openai.APIStatusError as exc:
             status = exc.status_code
             if status in RETRYABLE_STATUSES or status >= 500:
-                return _Outcome(failure=_Failure(f"HTTP {status}: {self._reason(exc)}", _retry_after(exc)))
+                problem = f"HTTP {status}: {self._reason(exc)}"
+                return _Outcome(failure=_Failure(problem, _retry_after(exc), throttled=status == 429))
             return _Fatal(self._explain_status(exc))
         except openai.APITimeoutError:
             return _Outcome(failure=_Failure(f"no answer within {s.timeout_s:g}s (LIGHTMEM_LLM_TIMEOUT_S)"))

@@ -7,7 +7,7 @@ import binascii
 import json
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TextIO
@@ -44,7 +44,7 @@ from lightmem_mcp.conversation import preceding, session_run, session_tail, turn
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.events import MemoryObserver, Observers
-from lightmem_mcp.extractor import FactExtractor
+from lightmem_mcp.extractor import EXTRACTION_PURPOSE, FactExtractor
 from lightmem_mcp.fusion import Ranking, fuse
 from lightmem_mcp.indexing import CONTEXT_TURNS, RecordWriter, context_line, is_long, store_layout
 from lightmem_mcp.lease import RedisLeases, open_leases
@@ -78,16 +78,19 @@ from lightmem_mcp.redact import SecretRedactor
 from lightmem_mcp.reindex import reindex_store
 from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.sleep import SleepSchedule
+from lightmem_mcp.spend import SpendGuard, completion_share, estimate
 from lightmem_mcp.stats import collect_stats
 from lightmem_mcp.store import VectorStore, open_store
 from lightmem_mcp.store.schema import StoreLayout
-from lightmem_mcp.summarize import Summarizer
+from lightmem_mcp.summarize import SUMMARY_PURPOSE, Summarizer
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
 from lightmem_mcp.transfer import export_points, import_points
 
 _MAX_VERSIONS = 100
 # Speaker names looked at to tell whether a query names one.
 _MAX_SPEAKERS = 256
+# Scopes read at once when looking for a backlog.
+_MAX_SCOPES = 100_000
 
 
 class Memory:
@@ -101,8 +104,10 @@ class Memory:
         lexical: LexicalEncoder,
         compressor: Compressor | None = None,
         observers: Sequence[MemoryObserver] = (),
+        clock: Callable[[], datetime] = now,
     ) -> None:
-        """Wire the stages over an open store: the one place that does (see `open` and `open_idle`)."""
+        """Wire the stages over an open store: the one place that does (see `open` and `open_idle`).
+        `clock` tells the daily budgets what day it is."""
         self._settings = settings
         self._limits = settings.limits
         self.redactor = SecretRedactor(settings.redaction)
@@ -117,7 +122,15 @@ class Memory:
         self.events = Observers()
         self.ledger = UsageLedger(store)
         self.events.add(self.ledger)
-        self.llm = LLMClient(settings.llm, on_call=self.events.llm_called)
+        # Daily token budgets: told every call after the ledger, asked before each one.
+        self.spend = SpendGuard(settings.budget, store, clock)
+        self.events.add(self.spend)
+        self.llm = LLMClient(
+            settings.llm,
+            on_call=self.events.llm_called,
+            before_call=self.spend.check,
+            counter=self.compressor.counter,
+        )
         # Leases: one replica at a time extracts or consolidates a scope (Redis when replicas share a store).
         self.leases = open_leases(settings.leases)
         lease_ttl_s = settings.leases.lease_ttl_s
@@ -127,14 +140,16 @@ class Memory:
             store,
             self.writer,
             embedder,
+            self.compressor,
             TopicSegmenter(settings.pipeline, self._encoders.get),
             FactExtractor(self.llm) if self.llm.configured else None,
             self.events,
             self.leases,
             lease_ttl_s,
+            self.spend,
         )
         self.consolidator = Consolidator(
-            settings.consolidation, store, self.writer, embedder, self.llm, self.leases, lease_ttl_s
+            settings.consolidation, store, self.writer, embedder, self.llm, self.leases, lease_ttl_s, settings.price
         )
         self.summarizer = Summarizer(settings.summary, store, self.writer, embedder, self.llm, self.compressor.counter)
         self.sleep = SleepSchedule(settings.sleep, store, self.consolidator, self.summarizer)
@@ -152,8 +167,8 @@ class Memory:
         before a restart, sleep-time schedule). Blocking: seconds on first load."""
         embedder, lexical, store = _open(settings, embedder)
         compressor = Compressor(settings.compression)
-        # The LLMLingua-2 model may take minutes to download; until it is ready, messages are
-        # stored uncompressed (marked "loading") rather than kept waiting.
+        # Loaded ahead of the first flush, which compresses the buffered turns: the LLMLingua-2 model
+        # may take minutes to download. add_memory never waits for it.
         threading.Thread(target=compressor.load, name="lightmem-compressor", daemon=True).start()
         memory = cls(settings, embedder, store, lexical, compressor, observers)
         memory.reindex()
@@ -225,27 +240,27 @@ class Memory:
                     ) from None
             prepared.append((message_id, message, event_time))
 
-        shrunk = self._compress([message for _, message, _ in prepared])
+        # Stored as sent: compression only serves extraction, so the buffer compresses a turn in the
+        # background when it is flushed, just before segmentation (see buffer.py).
+        counts = self.compressor.counter.count_many([message.content for _, message, _ in prepared])
         turns: list[Turn] = []
-        for position, ((message_id, message, event_time), (text, before, after, how)) in enumerate(
-            zip(prepared, shrunk, strict=True)
-        ):
-            extracted = self.buffer.active and self.buffer.feeds_extraction(message.role)
+        for position, ((message_id, message, event_time), tokens) in enumerate(zip(prepared, counts, strict=True)):
+            fed = self.buffer.feeds_extraction(message.role)
             turns.append(
                 Turn.new(
                     scope,
                     message_id,
-                    text,
+                    message.content,
                     original_text=message.content,
                     role=message.role,
                     speaker=message.name,
                     event_time=event_time,
                     stored_at=stored_at,
                     position=position,
-                    stage="pending" if extracted else "skipped",
-                    tokens_original=before,
-                    tokens_compressed=after,
-                    compression=how,
+                    stage="pending" if fed and self.buffer.active else "skipped",
+                    tokens_original=tokens,
+                    tokens_compressed=tokens,
+                    compression=self._compression_plan(fed),
                     redactions=redactions[position],
                 )
             )
@@ -268,30 +283,50 @@ class Memory:
             earlier.append(turn)
         return written
 
-    def _compress(self, messages: Sequence[Message]) -> list[tuple[str, int, int, str]]:
-        """(text, tokens before, tokens after, how) per message. Only messages of the roles that feed
-        extraction (`messages_use`) are compressed, LLM or not: compression exists to cut LLM
-        tokens, and costs a model pass."""
-        loading = self.compressor.status == "not_loaded"
-        chosen = [] if loading else [i for i, m in enumerate(messages) if self.buffer.feeds_extraction(m.role)]
-        done = dict(zip(chosen, self.compressor.compress_many([messages[i].content for i in chosen]), strict=True))
-        counts = self.compressor.counter.count_many([m.content for i, m in enumerate(messages) if i not in done])
-        rest = iter(counts)
-        shrunk: list[tuple[str, int, int, str]] = []
-        for i, message in enumerate(messages):
-            if i in done:
-                c = done[i]
-                shrunk.append((c.text, c.original_tokens, c.compressed_tokens, c.skipped_reason or "applied"))
-            else:
-                tokens = next(rest)
-                why = "loading" if loading and self.buffer.feeds_extraction(message.role) else "not_extracted"
-                shrunk.append((message.content, tokens, tokens, why))
-        return shrunk
+    def _compression_plan(self, fed: bool) -> str:
+        """How a new turn's words will reach extraction: compressed later by its buffer (`deferred`), or
+        as they are because compression is off or the role feeds no extraction (`messages_use`)."""
+        if not fed:
+            return "not_extracted"
+        return "disabled" if self.compressor.status == "disabled" else "deferred"
 
-    def flush(self, scope: Scope) -> FlushResult:
-        """Segment and extract every pending turn of exactly this scope now."""
+    def flush(self, scope: Scope, backlog: bool = False, dry_run: bool = False) -> FlushResult:
+        """Segment and extract every pending turn of exactly this scope now; with `backlog`, also the
+        turns stored while no LLM was configured, oldest first. A dry run changes nothing and says
+        what it would take: turns, calls, tokens and the estimated cost."""
         _check_scope(scope)
-        return self.buffer.flush(scope, force=True)
+        if dry_run:
+            return self._plan_flush(scope, backlog)
+        return self.buffer.flush(scope, force=True, backlog=backlog)
+
+    def backlog_scopes(self, user_id: str | None = None) -> list[Scope]:
+        """The exact scopes holding skipped turns (stored while no LLM was configured), of one user or all."""
+        scopes = self.store.pending_scopes(_MAX_SCOPES, "turn", "skipped")
+        return [scope for scope in scopes if user_id is None or scope.user_id == user_id]
+
+    def _plan_flush(self, scope: Scope, backlog: bool) -> FlushResult:
+        plan = self.buffer.plan(scope, backlog)
+        prompt = sum(self.llm.estimate_tokens(system, user) for system, user in plan.prompts)
+        share = completion_share(self.store, scope.user_id, EXTRACTION_PURPOSE)
+        pending = self.buffer.pending(scope)
+        return FlushResult(
+            dry_run=True,
+            extracted_turns=plan.turns,
+            backlog_turns=plan.backlog,
+            facts=0,
+            llm_calls=0,
+            pending_turns=len(pending),
+            pending_tokens=sum(turn.tokens_compressed for turn in pending),
+            error=None if self.llm.configured else "no LLM configured (LIGHTMEM_LLM_PROVIDER): nothing would be sent",
+            estimate=estimate(
+                self._settings.price,
+                self.llm.provider,
+                self.llm.model,
+                len(plan.prompts),
+                prompt,
+                round(prompt * share),
+            ),
+        )
 
     # -- sleep time ----------------------------------------------------------------------
 
@@ -317,12 +352,25 @@ class Memory:
         until: str | None = None,
         topic: str | None = None,
         progress: Progress | None = None,
+        dry_run: bool = False,
     ) -> SummarizeResult:
-        """Write one summary record per window (session, day, week or all) of the scope's memories."""
+        """Write one summary record per window (session, day, week or all) of the scope's memories; a
+        dry run writes and calls nothing and says what it would take."""
         _check_scope(scope)
         since_ts, until_ts = _time_range(since, until)
         if topic is not None and is_blank(topic):
             raise InvalidInput("topic", "empty: omit it or name what to summarize")
+        if dry_run:
+            prompts = self.summarizer.prompts(scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic)
+            prompt = sum(self.llm.estimate_tokens(system, user) for system, user in prompts)
+            share = completion_share(self.store, scope.user_id, SUMMARY_PURPOSE)
+            planned = self.summarizer.run(
+                scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, dry_run=True
+            )
+            spend = estimate(
+                self._settings.price, self.llm.provider, self.llm.model, len(prompts), prompt, round(prompt * share)
+            )
+            return planned.model_copy(update={"estimate": spend})
         result = self.summarizer.run(
             scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, progress=progress
         )
@@ -645,7 +693,8 @@ class Memory:
     def stats(self, scope: Scope) -> StatsResult:
         """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
         _check_scope(scope)
-        return collect_stats(self.store, scope, self._settings.price, self.compressor.counter)
+        result = collect_stats(self.store, scope, self._settings.price, self.compressor.counter)
+        return result.model_copy(update={"budget": self.spend.status(scope.user_id)})
 
     def export_records(self, out: TextIO, scope: Scope | None = None, vectors: bool = False) -> ExportResult:
         """Write the scope's points (every point when `scope` is None) as JSON Lines to `out`."""

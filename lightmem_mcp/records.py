@@ -301,8 +301,9 @@ def kind_of(payload: Mapping[str, object]) -> str:
 
 # The fields every stored point carries, whatever its kind.
 _POINT_FIELDS = ("user_id", "kind")
-# The fields that hold a memory's words: as sent (a turn), and as stored and embedded (every kind).
-WORD_FIELDS: tuple[str, ...] = ("original_text", "text")
+# The fields that hold a memory's words: as sent (a turn), as stored and embedded (every kind), and as
+# extraction reads them (a turn compressed by its buffer).
+WORD_FIELDS: tuple[str, ...] = ("original_text", "text", "compressed_text")
 
 
 def missing_field(payload: Mapping[str, object]) -> str | None:
@@ -531,6 +532,13 @@ class Turn(Record):
         return self.original_text or self.text
 
     @property
+    def for_extraction(self) -> str:
+        """What extraction and segmentation read: the compressed words once the buffer has compressed
+        the turn, else its text (a turn stored before compression moved off the write path holds
+        its compressed words as its text)."""
+        return _text(self.payload, "compressed_text") or self.text
+
+    @property
     def stage(self) -> str:
         """pending, extracted or skipped (see `TurnStage`)."""
         return str(self.payload.get("stage") or "skipped")
@@ -547,7 +555,8 @@ class Turn(Record):
 
     @property
     def compression(self) -> str:
-        """applied, or why not (short, no_gain, disabled, unavailable, loading, not_extracted)."""
+        """applied, or why not (short, no_gain, disabled, unavailable, not_extracted), or `deferred`: to
+        be compressed when its buffer is flushed (`loading` on turns stored by older versions)."""
         return str(self.payload.get("compression") or "unknown")
 
     @property
@@ -574,6 +583,21 @@ class Turn(Record):
     def topic(topic_id: str) -> dict[str, object]:
         """The fields set on the turns of one topic segment."""
         return {"topic_id": topic_id}
+
+    @staticmethod
+    def compressed(text: str | None, tokens: int, how: str) -> dict[str, object]:
+        """The fields set on a deferred turn once the buffer has compressed it: the words extraction
+        reads (None: the text as it is), their token count, and how (applied, or why not)."""
+        fields: dict[str, object] = {"tokens_compressed": tokens, "compression": how}
+        if text is not None:
+            fields["compressed_text"] = text
+        return fields
+
+    @staticmethod
+    def requeued(compression: str | None) -> dict[str, object]:
+        """The fields set on a skipped turn taken into extraction (the backlog): pending again, and
+        how its words will be compressed when they were never going to be."""
+        return {"stage": "pending"} if compression is None else {"stage": "pending", "compression": compression}
 
     @staticmethod
     def extracted(at: float) -> dict[str, object]:

@@ -535,12 +535,23 @@ def _register_tools(
         agent_id: AgentId = None,
         session_id: SessionId = None,
         project: ProjectArg = None,
+        backlog: Annotated[
+            bool,
+            Field(
+                description="Also extract the messages stored while no LLM was configured, oldest first. "
+                "It costs LLM calls: run it with dry_run first."
+            ),
+        ] = False,
+        dry_run: Annotated[
+            bool,
+            Field(description="Change nothing; report the turns, LLM calls, tokens and estimated cost it would take."),
+        ] = False,
         roots: ClientRoots = None,
     ) -> FlushResult:
         """Turn the scope's buffered messages into long-term facts now, instead of waiting for the
         buffer to fill (e.g. at the end of a conversation). Messages stay searchable either way."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: m.flush(scope), "write")
+        return await run(lambda m: m.flush(scope, backlog=backlog, dry_run=dry_run), "write")
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -602,6 +613,10 @@ def _register_tools(
                 description=f"Only memories about this, e.g. 'travel plans'; at most {MAX_TOPIC_CHARS} characters.",
             ),
         ] = None,
+        dry_run: Annotated[
+            bool,
+            Field(description="Write and call nothing; report the windows, LLM calls, tokens and estimated cost."),
+        ] = False,
     ) -> SummarizeResult:
         """Summarize a scope's memories (facts, or messages where no facts exist yet) per window and
         store each summary as a searchable 'summary' memory citing its sources. Summarizing the same
@@ -609,7 +624,7 @@ def _register_tools(
         is extractive (its most central sentences)."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
-        return await run(lambda m: m.summarize(scope, window, since, until, topic, report), "write")
+        return await run(lambda m: m.summarize(scope, window, since, until, topic, report, dry_run), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Memory history", read_only_hint=True, idempotent_hint=True))
     async def memory_history(

@@ -951,9 +951,9 @@ class SharedMemory:
         """`Memory.forget`."""
         return self._call(int, "forget", scope=scope, confirm=confirm)
 
-    def flush(self, scope: Scope) -> FlushResult:
+    def flush(self, scope: Scope, backlog: bool = False, dry_run: bool = False) -> FlushResult:
         """`Memory.flush`."""
-        return self._call(FlushResult, "flush", scope=scope)
+        return self._call(FlushResult, "flush", scope=scope, backlog=backlog, dry_run=dry_run)
 
     def consolidate(
         self,
@@ -976,6 +976,7 @@ class SharedMemory:
         until: str | None = None,
         topic: str | None = None,
         progress: Progress | None = None,
+        dry_run: bool = False,
     ) -> SummarizeResult:
         """`Memory.summarize`."""
         return self._call(
@@ -987,6 +988,7 @@ class SharedMemory:
             since=since,
             until=until,
             topic=topic,
+            dry_run=dry_run,
         )
 
     def history(self, record: str, scope: Scope) -> HistoryResult:

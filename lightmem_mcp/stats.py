@@ -47,12 +47,12 @@ from lightmem_mcp.records import (
     kind_of,
     view,
 )
+from lightmem_mcp.spend import cost_of
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.tokens import TokenCounter
 
 # Always reported, in this order, even with no calls: extraction, consolidation, summaries.
 PURPOSES = ("extraction", "update", "summary")
-_MILLION = Decimal(1_000_000)
 
 
 Money = dict[str, Decimal]
@@ -165,7 +165,7 @@ class _ScopeTally:
         if price is not None:
             rate, currency = price
             miss = max(call.prompt_tokens - call.cached_tokens, 0)
-            cost = (currency, _cost(rate, miss, call.cached_tokens, call.completion_tokens))
+            cost = (currency, cost_of(rate, miss, call.cached_tokens, call.completion_tokens))
         self.usage.setdefault(call.purpose, _Usage()).add(call, cost)
         if call.purpose == EXTRACTION_PURPOSE:
             self.extraction_models[(call.provider, call.model)] += 1
@@ -199,7 +199,7 @@ class _ScopeTally:
         extra = self.extracted_extra_tokens
         uncompressed_cost = dict(total.cost)
         if price is not None and extra:
-            _credit(uncompressed_cost, price[1], _cost(price[0], extra, 0, 0))
+            _credit(uncompressed_cost, price[1], cost_of(price[0], extra, 0, 0))
 
         per_add_prompt = sum(
             counter.count(extraction_prompt(add[0]))
@@ -208,7 +208,7 @@ class _ScopeTally:
         )
         per_add_cost = dict(other_cost)
         if price is not None:
-            _credit(per_add_cost, price[1], _cost(price[0], per_add_prompt, 0, extraction.completion))
+            _credit(per_add_cost, price[1], cost_of(price[0], per_add_prompt, 0, extraction.completion))
 
         before = sum(row[1] for row in self.compression.values())
         after = sum(row[2] for row in self.compression.values())
@@ -279,15 +279,6 @@ def collect_stats(store: VectorStore, scope: Scope, prices: PriceSettings, count
     for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, project=scope.project)):
         tally.add(point)
     return tally.result(scope, counter)
-
-
-def _cost(rate: ModelPrice, miss: int, hit: int, output: int) -> Decimal:
-    # Decimal from the prices' shortest repr: 1,000 tokens at 0.3 per 1M is exactly 0.0003.
-    return (
-        miss * Decimal(str(rate.input_cache_miss))
-        + hit * Decimal(str(rate.input_cache_hit))
-        + output * Decimal(str(rate.output))
-    ) / _MILLION
 
 
 def _credit(money: Money, currency: str, amount: Decimal) -> None:

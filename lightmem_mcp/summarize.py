@@ -38,6 +38,7 @@ from lightmem_mcp.records import (
     SummaryMark,
     view,
 )
+from lightmem_mcp.spend import BudgetReached
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 from lightmem_mcp.tokens import TokenCounter
@@ -96,10 +97,14 @@ class Summarizer:
         until_ts: float | None = None,
         topic: str | None = None,
         progress: Progress | None = None,
+        dry_run: bool = False,
     ) -> SummarizeResult:
-        """Summarize the scope's memories in range, one summary per window."""
+        """Summarize the scope's memories in range, one summary per window. A dry run writes nothing
+        and calls nothing: it returns the windows' prompts (`plan`) for an estimate instead."""
         entries = self._entries(scope, since_ts, until_ts, topic)
         groups = _group(entries, window)
+        if dry_run:
+            return SummarizeResult(summaries=[], llm_calls=0, dry_run=True, windows=len(groups))
         summaries: list[SummaryInfo] = []
         calls = 0
         error = None
@@ -107,6 +112,9 @@ class Summarizer:
             group = group[-self._settings.max_entries :]
             try:
                 info, called = self._summarize(scope, window, key, topic, group)
+            except BudgetReached as exc:  # refused before any request: no call made
+                error = str(exc)
+                break
             except LLMError as exc:
                 calls += 1
                 error = str(exc)
@@ -193,21 +201,33 @@ class Summarizer:
 
     # -- writing -------------------------------------------------------------------------
 
+    def prompts(
+        self,
+        scope: Scope,
+        *,
+        window: Window = "all",
+        since_ts: float | None = None,
+        until_ts: float | None = None,
+        topic: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """The (system, user) prompts a run would send, one per window; none without an LLM."""
+        if not self._llm.configured:
+            return []
+        groups = _group(self._entries(scope, since_ts, until_ts, topic), window)
+        return [self._prompt(scope, topic, group[-self._settings.max_entries :]) for _, group in groups]
+
+    def _prompt(self, scope: Scope, topic: str | None, group: Sequence[Record]) -> tuple[str, str]:
+        words = max(20, self._settings.max_tokens * 3 // 4)
+        return SUMMARY_PROMPT.format(words=words), render_window(group, self._seeds(scope, group), topic)
+
     def _summarize(
         self, scope: Scope, window: Window, key: str, topic: str | None, group: Sequence[Record]
     ) -> tuple[SummaryInfo, int]:
         """One summary record for the window; returns it and the LLM calls made (0 or 1)."""
         call: LLMCall | None = None
         if self._llm.configured:
-            seeds = self._seeds(scope, group)
-            words = max(20, self._settings.max_tokens * 3 // 4)
-            result = self._llm.complete_json(
-                SUMMARY_PURPOSE,
-                SUMMARY_PROMPT.format(words=words),
-                render_window(group, seeds, topic),
-                SummaryAnswer,
-                scope=scope,
-            )
+            system, user = self._prompt(scope, topic, group)
+            result = self._llm.complete_json(SUMMARY_PURPOSE, system, user, SummaryAnswer, scope=scope)
             call = result.call
             text = " ".join(result.value.summary.split())
             method: Literal["llm", "extractive"] = "llm"

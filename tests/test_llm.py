@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
+import threading
+import time
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -12,7 +16,10 @@ from pydantic import BaseModel
 from lightmem_mcp.config import LLMSettings
 from lightmem_mcp.errors import BackendUnavailable
 from lightmem_mcp.llm import LLMCall, LLMClient, LLMError
-from tests.openai_server import FakeLLMServer, Reply, llm_server_fixture  # noqa: F401
+from lightmem_mcp.ratelimit import RateLimiter
+from lightmem_mcp.records import Scope
+from lightmem_mcp.tokens import TokenCounter
+from tests.openai_server import ChatRequest, FakeLLMServer, Reply, llm_server_fixture  # noqa: F401
 
 SYSTEM = 'Extract standalone facts. Answer in JSON: {"facts": [{"text": "...", "source_ids": ["..."]}]}'
 USER = "[m1] user: I moved to Lisbon last spring.\n[m2] user: My sister Ana still lives in Porto."
@@ -328,6 +335,8 @@ def test_describe_names_the_endpoint_and_auth_header(llm_server: FakeLLMServer) 
         "api_key_set": True,
         "timeout_s": 5.0,
         "max_retries": 2,
+        "requests_per_minute": 0,
+        "tokens_per_minute": 0,
     }
 
 
@@ -356,3 +365,202 @@ def test_an_unscripted_request_fails_loudly(recorder: Recorder) -> None:
         server.stop()
 
     assert len(server.unexpected) == 1
+
+
+# -- rate limits and the pre-call hook ---------------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when slept on: rate-limit waits without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def stamped(stamps: list[float], clock: Any, content: Any = FACTS) -> Any:
+    """A computed answer that notes the clock's time when the server answers."""
+
+    def answer(request: ChatRequest) -> Any:
+        stamps.append(clock())
+        return content
+
+    return answer
+
+
+def test_requests_per_minute_spreads_the_requests_evenly(llm_server: FakeLLMServer) -> None:
+    clock = FakeClock()
+    stamps: list[float] = []
+    settings = llm_server.settings(requests_per_minute=120)
+    client = LLMClient(settings, limiter=RateLimiter.from_settings(settings, clock=clock.time, sleep=clock.sleep))
+    llm_server.script(*[stamped(stamps, clock.time)] * 4)
+
+    for _ in range(4):
+        extract(client)
+
+    # One every 60 / 120 = 0.5 s (and a millisecond, pyrate's window being inclusive).
+    assert stamps == pytest.approx([0.0, 0.501, 1.002, 1.503])
+
+
+def test_the_limits_come_from_the_settings_and_hold_at_the_server(llm_server: FakeLLMServer) -> None:
+    arrivals: list[float] = []
+    client = LLMClient(llm_server.settings(requests_per_minute=240, tokens_per_minute=100_000))
+    llm_server.script(*[stamped(arrivals, time.monotonic)] * 3)
+
+    for _ in range(3):
+        extract(client)
+
+    assert client.limiter is not None
+    assert client.limiter.describe() == {"requests": 240, "tokens": 100_000, "period_s": 60.0}
+    assert client.describe()["requests_per_minute"] == 240
+    assert client.describe()["tokens_per_minute"] == 100_000
+    # 0.25 s apart when admitted; a request admitted on time may still reach the server a little late.
+    assert all(later - earlier >= 0.2 for earlier, later in pairwise(arrivals))
+
+
+def test_no_limits_means_no_limiter(llm_server: FakeLLMServer) -> None:
+    assert LLMClient(llm_server.settings()).limiter is None
+    assert RateLimiter.from_settings(llm_server.settings()) is None
+
+
+def test_every_retry_takes_a_request_slot(llm_server: FakeLLMServer) -> None:
+    clock = FakeClock()
+    stamps: list[float] = []
+    settings = llm_server.settings(requests_per_minute=60, retry_base_delay_s=0.0)
+    client = LLMClient(settings, limiter=RateLimiter.from_settings(settings, clock=clock.time, sleep=clock.sleep))
+    llm_server.script(Reply(content=stamped(stamps, clock.time, "outage"), status=503), stamped(stamps, clock.time))
+
+    assert extract(client) == Facts.model_validate(FACTS)
+    assert stamps == pytest.approx([0.0, 1.001])
+
+
+def test_tokens_per_minute_holds_back_a_big_prompt(llm_server: FakeLLMServer) -> None:
+    clock = FakeClock()
+    stamps: list[float] = []
+    settings = llm_server.settings(tokens_per_minute=1_000)
+    client = LLMClient(settings, limiter=RateLimiter.from_settings(settings, clock=clock.time, sleep=clock.sleep))
+    small = "x" * 400  # ~100 tokens with the prompt: ~150 counted with the answer's share
+    big = "x" * 3_000  # ~750 tokens + a quarter: more than the room the small calls leave
+    llm_server.script(*[stamped(stamps, clock.time)] * 3)
+
+    for user in (small, small, big):
+        client.complete_json("extraction", SYSTEM, user, Facts)
+
+    # The two small calls fit at once; the big one waits for the first small call to leave the window.
+    assert stamps[:2] == [0.0, 0.0]
+    assert stamps[2] == pytest.approx(60.001)
+
+
+def test_a_call_bigger_than_the_whole_allowance_still_goes_through(llm_server: FakeLLMServer) -> None:
+    clock = FakeClock()
+    stamps: list[float] = []
+    settings = llm_server.settings(tokens_per_minute=500)
+    client = LLMClient(settings, limiter=RateLimiter.from_settings(settings, clock=clock.time, sleep=clock.sleep))
+    huge = "x" * 20_000  # ~5,000 tokens: ten minutes' allowance
+    llm_server.script(*[stamped(stamps, clock.time)] * 3)
+
+    for _ in range(3):
+        client.complete_json("extraction", SYSTEM, huge, Facts)
+
+    # Each counts as the whole allowance: it waits for an empty minute, then goes.
+    assert stamps == pytest.approx([0.0, 60.001, 120.002])
+
+
+def test_tokens_are_counted_with_the_token_counter_when_given(llm_server: FakeLLMServer) -> None:
+    counter = TokenCounter()
+
+    with_counter = LLMClient(llm_server.settings(), counter=counter)
+    without = LLMClient(llm_server.settings())
+
+    assert with_counter.estimate_tokens(SYSTEM, USER) == counter.count(SYSTEM) + counter.count(USER)
+    assert without.estimate_tokens(SYSTEM, USER) == math.ceil((len(SYSTEM) + len(USER)) / 4)
+
+
+def test_a_429_pauses_every_caller_and_the_rate_limit_spreads_the_rest(llm_server: FakeLLMServer) -> None:
+    arrivals: list[float] = []
+    llm_server.script(
+        Reply(content=stamped(arrivals, time.monotonic, "slow down"), status=429, headers={"Retry-After": "1"}),
+        *[stamped(arrivals, time.monotonic)] * 4,
+    )
+    client = LLMClient(llm_server.settings(requests_per_minute=120, max_retries=3))
+    answers: list[Facts] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            answers.append(extract(client))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # Nothing lost: every caller answered, with one request more than callers (the refused one).
+    assert errors == []
+    assert answers == [Facts.model_validate(FACTS)] * 4
+    assert len(llm_server.requests) == 5
+    throttled, *after = arrivals
+    # The next slot was 0.5 s later, but no caller went before the second the server asked for ...
+    assert min(after) - throttled >= 0.95
+    # ... and then not all at once: one every 0.5 s.
+    assert all(later - earlier >= 0.45 for earlier, later in pairwise(after))
+
+
+def test_before_call_sees_purpose_scope_and_estimate_once(llm_server: FakeLLMServer, recorder: Recorder) -> None:
+    seen: list[tuple[str, Scope | None, int]] = []
+    llm_server.script(Reply.error(503), Reply.json(FACTS))
+    client = LLMClient(
+        llm_server.settings(),
+        on_call=recorder.calls.append,
+        sleep=recorder.sleeps.append,
+        before_call=lambda purpose, scope, tokens: seen.append((purpose, scope, tokens)),
+    )
+
+    result = client.complete_json("extraction", SYSTEM, USER, Facts, scope=Scope("ann"))
+
+    assert result.call.attempts == 2
+    assert seen == [("extraction", Scope("ann"), client.estimate_tokens(SYSTEM, USER))]
+
+
+class BudgetSpent(Exception):
+    pass
+
+
+def test_a_raising_before_call_hook_stops_the_call_unsent_and_unrecorded(
+    llm_server: FakeLLMServer, recorder: Recorder
+) -> None:
+    def refuse(purpose: str, scope: Scope | None, tokens: int) -> None:
+        raise BudgetSpent(f"{purpose}: {tokens} tokens over today's budget")
+
+    client = LLMClient(llm_server.settings(), on_call=recorder.calls.append, before_call=refuse)
+
+    with pytest.raises(BudgetSpent, match="extraction"):
+        extract(client)
+
+    assert llm_server.requests == []
+    assert recorder.calls == []
+
+
+def test_before_call_is_not_asked_without_an_llm(recorder: Recorder) -> None:
+    seen: list[str] = []
+    client = LLMClient(LLMSettings(), before_call=lambda purpose, scope, tokens: seen.append(purpose))
+
+    with pytest.raises(LLMError, match="LIGHTMEM_LLM_PROVIDER"):
+        extract(client)
+
+    assert seen == []
+
+
+def test_the_limiter_refuses_negative_limits_naming_the_settings() -> None:
+    with pytest.raises(ValueError, match="LIGHTMEM_LLM_REQUESTS_PER_MINUTE"):
+        RateLimiter(-1, 0)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from lightmem_mcp.api import Message, SearchFilters
-from lightmem_mcp.config import CompressionSettings, LimitSettings, Settings
+from lightmem_mcp.config import LimitSettings, Settings
 from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import RecordFilter, Scope
+from lightmem_mcp.records import Scope
 from tests.conftest import open_memory
 
 ALICE = Scope("alice")
@@ -224,50 +223,3 @@ def test_bad_arguments_name_the_field(memory: Memory, call: object, field: str) 
     with pytest.raises(InvalidInput) as raised:
         call(memory)  # type: ignore[operator]
     assert raised.value.field == field
-
-
-def test_messages_that_feed_extraction_are_compressed_and_the_original_kept(
-    settings: Settings, embedder: SentenceTransformerEmbedder, tiny_model: Path
-) -> None:
-    compressing = settings.model_copy(
-        update={"compression": CompressionSettings(path=tiny_model, device="cpu", rate=0.5, min_tokens=4)}
-    )
-    memory = open_memory(compressing, embedder)
-    assert memory.compressor.load() == "ready"
-    long_text = "I am planning a two week trip to Japan next spring with my sister to see the cherry blossoms. " * 3
-    try:
-        ids = memory.add(
-            [Message(role="user", content=long_text), Message(role="assistant", content=long_text)], ALICE
-        ).ids
-        user, assistant = (memory.store.scroll(RecordFilter("alice", ids=(i,)), 1)[0].payload for i in ids)
-    finally:
-        memory.close()
-
-    assert user["compression"] == "applied"
-    assert user["original_text"] == long_text
-    assert user["tokens_compressed"] < user["tokens_original"] * 0.7
-    assert user["text"] != long_text
-    # With messages_use=user_only the assistant's words feed nothing: kept as they are.
-    assert (assistant["compression"], assistant["text"]) == ("not_extracted", long_text)
-
-
-def test_without_the_compression_model_messages_are_stored_whole_and_marked(memory: Memory) -> None:
-    assert memory.compressor.load() == "unavailable"
-    (record_id,) = memory.add(
-        [Message(role="user", content="A message that is long enough to be worth compressing, in principle: " * 3)],
-        ALICE,
-    ).ids
-
-    (point,) = memory.store.scroll(RecordFilter("alice", ids=(record_id,)), 1)
-
-    assert point.payload["compression"] == "unavailable"
-    assert point.payload["text"] == point.payload["original_text"]
-
-
-def test_while_the_compression_model_loads_messages_are_stored_at_once_uncompressed(memory: Memory) -> None:
-    text = "A message that is long enough to be worth compressing, in principle: " * 3
-    (record_id,) = memory.add([Message(role="user", content=text)], ALICE).ids  # the model was never loaded
-
-    (point,) = memory.store.scroll(RecordFilter("alice", ids=(record_id,)), 1)
-
-    assert (point.payload["compression"], point.payload["text"]) == ("loading", text)
