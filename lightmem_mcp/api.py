@@ -459,7 +459,9 @@ class BudgetStatus(BaseModel):
     day: str = Field(description="The UTC day the figures cover.")
     user_tokens: int = Field(description="Tokens this user's LLM calls used today.")
     user_limit: int = Field(description="LIGHTMEM_BUDGET_USER_TOKENS_PER_DAY; 0: no limit.")
-    total_tokens: int = Field(description="Tokens every user's calls used today.")
+    total_tokens: int | None = Field(
+        description="Tokens every user's calls used today; null when no server-wide budget is set (not counted)."
+    )
     total_limit: int = Field(description="LIGHTMEM_BUDGET_TOKENS_PER_DAY; 0: no limit.")
     waiting: bool = Field(description="Whether extraction and sleep-time work wait for the budget.")
     reason: str | None = Field(default=None, description="Why they wait; turns stay pending and searchable.")

@@ -18,6 +18,7 @@ from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.llm import LLMClient
 from lightmem_mcp.privacy import exposed
 from lightmem_mcp.shared import describe_owner
+from lightmem_mcp.spend import SpendGuard
 from lightmem_mcp.store import open_store
 
 
@@ -63,7 +64,11 @@ def run_doctor(settings: Settings, *, ping_llm: bool = False) -> int:
         lexical = LexicalEncoder()
         opened = open_store(settings.store, store_layout(e, lexical))
         try:
-            return {"backend": kind, "location": where, "collection": settings.store.collection}
+            report: dict[str, Any] = {"backend": kind, "location": where, "collection": settings.store.collection}
+            guard = SpendGuard(settings.budget, opened)
+            if guard.enabled:
+                report["budget"] = guard.status(None).model_dump(exclude={"user_tokens"})
+            return report
         finally:
             opened.close()
 

@@ -143,19 +143,17 @@ class SpendGuard(MemoryObserver):
             if user is not None and user in self._users:
                 self._users[user].tokens += tokens
 
-    def status(self, user_id: str) -> BudgetStatus:
-        """Today's figures for the user and in total, and whether work waits."""
-        reached = self.blocked(user_id)
+    def status(self, user_id: str | None) -> BudgetStatus:
+        """Today's figures for the user (None: the server alone) and in total, and whether work waits."""
+        reached = self._reached(user_id, 0) if self.enabled else None
         with self._lock:
             self._roll()
             day = self._day or self._clock().date()
-        user_tokens = self._user_tokens(user_id)
-        total_tokens = self._total_tokens()
         return BudgetStatus(
             day=day.isoformat(),
-            user_tokens=user_tokens,
+            user_tokens=self._user_tokens(user_id) if user_id is not None else 0,
             user_limit=self._settings.user_tokens_per_day,
-            total_tokens=total_tokens,
+            total_tokens=self._total_tokens() if self._settings.tokens_per_day else None,
             total_limit=self._settings.tokens_per_day,
             waiting=reached is not None,
             reason=str(reached) if reached is not None else None,

@@ -178,7 +178,12 @@ def test_dry_run_reports_and_changes_nothing(memory: Memory, llm_server: FakeLLM
     assert {p.id: p.payload for p in fact_points(memory)} == before
 
     llm_server.script(judge)  # not consumed by the dry run: the real run still has the work to do
-    assert memory.consolidate(MAYA).updated == 1
+    done = memory.consolidate(MAYA)
+    assert done.updated == 1 and done.estimate is None
+    # What the dry run spent deciding is what the real run spends again.
+    assert result.estimate is not None and result.estimate.llm_calls == done.llm_calls == 1
+    [update] = [u for u in memory.stats(MAYA).llm if u.purpose == "update"]
+    assert (update.calls, update.prompt_tokens) == (2, 2 * result.estimate.prompt_tokens)
 
 
 def test_a_second_run_has_nothing_to_do_and_a_time_range_narrows_the_run(

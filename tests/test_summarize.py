@@ -136,3 +136,21 @@ def test_without_an_llm_the_summary_is_extractive_central_and_in_time_order(
         assert len(picked) >= 2 and " ".join(picked) == summary.text  # whole sentences, in time order
     finally:
         service.close()
+
+
+def test_a_dry_run_writes_and_calls_nothing_and_estimates_the_real_run(
+    memory: Memory, llm_server: FakeLLMServer
+) -> None:
+    before = len(llm_server.requests)
+    planned = memory.summarize(MAYA, window="session", dry_run=True)
+    assert planned.dry_run and planned.windows == 2 and planned.summaries == []
+    assert len(llm_server.requests) == before
+    assert memory.store.count(RecordFilter("maya", kinds=("summary",))) == 0
+
+    llm_server.script(summarize_answer, summarize_answer)
+    done = memory.summarize(MAYA, window="session")
+    sent = llm_server.requests[before:]
+    assert planned.estimate is not None and planned.estimate.llm_calls == done.llm_calls == 2
+    # The prompts it counted are the ones the run sent (~4 characters a token at the scripted server).
+    sent_chars = sum(len(r.system) + len(r.user) for r in sent)
+    assert planned.estimate.prompt_tokens == pytest.approx(sent_chars / 4, rel=0.25)
