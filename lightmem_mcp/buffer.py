@@ -80,7 +80,7 @@ class ShortTermBuffer:
         self._compressor = compressor
         self._segmenter = segmenter
         self._extractor = extractor
-        # Told how many facts each flush wrote (the sleep-time schedule counts them).
+        # Told the turns each flush compressed and how many facts it wrote (metrics, the sleep-time schedule).
         self._observer = observer
         # One replica at a time extracts a scope (Redis leases when replicas share a store).
         self._leases = leases
@@ -374,6 +374,8 @@ class ShortTermBuffer:
                 if persist:
                     self._store.set_payload(replace(exact, ids=(turns[i].id,)), fields)
                 done[i] = replace(turns[i], payload={**turns[i].payload, **fields})
+            if persist:
+                self._observer.turns_compressed([done[i] for i in chunk])
         return done
 
     def _expected_tokens(self, turns: Sequence[Turn]) -> int:

@@ -21,6 +21,9 @@ class MemoryObserver:
     def turns_stored(self, turns: Sequence[Turn]) -> None:
         """After add_memory stored these turns."""
 
+    def turns_compressed(self, turns: Sequence[Turn]) -> None:
+        """After a buffer compressed these turns (deferred at add) and stored their compressed words."""
+
     def facts_stored(self, scope: Scope, count: int) -> None:
         """After extraction wrote `count` facts for the scope."""
 
@@ -41,6 +44,10 @@ class Observers(MemoryObserver):
     def turns_stored(self, turns: Sequence[Turn]) -> None:
         """Tell every observer."""
         self._tell(lambda observer: observer.turns_stored(turns), "stored turns")
+
+    def turns_compressed(self, turns: Sequence[Turn]) -> None:
+        """Tell every observer."""
+        self._tell(lambda observer: observer.turns_compressed(turns), "compressed turns")
 
     def facts_stored(self, scope: Scope, count: int) -> None:
         """Tell every observer."""

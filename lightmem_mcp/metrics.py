@@ -83,8 +83,9 @@ class Metrics(MemoryObserver):
         )
         self.turn_tokens = Counter(
             "lightmem_stored_turn_tokens",
-            "Tokens of stored messages: form=original as sent, form=compressed as indexed and extracted "
-            "(the compression savings are the difference).",
+            "Tokens of stored messages: form=original as sent; form=compressed as extraction reads them, "
+            "counted when a buffer compresses them (at once for messages it never will), so the compression "
+            "savings are the difference once the buffers are flushed.",
             ["form"],
             registry=self.registry,
         )
@@ -133,6 +134,11 @@ class Metrics(MemoryObserver):
         """Messages were stored: count them and their tokens before and after compression."""
         self.records_stored.labels("turn").inc(len(turns))
         self.turn_tokens.labels("original").inc(sum(turn.tokens_original for turn in turns))
+        final = [turn for turn in turns if turn.compression != "deferred"]
+        self.turn_tokens.labels("compressed").inc(sum(turn.tokens_compressed for turn in final))
+
+    def turns_compressed(self, turns: Sequence[Turn]) -> None:
+        """A buffer compressed turns stored earlier: count what extraction reads of them."""
         self.turn_tokens.labels("compressed").inc(sum(turn.tokens_compressed for turn in turns))
 
     def facts_stored(self, scope: Scope, count: int) -> None:
