@@ -480,7 +480,9 @@ class StatsResult(BaseModel):
     llm: list[LLMUsage] = Field(description="By purpose.")
     llm_total: LLMUsage
     cost: CostReport
-    budget: BudgetStatus | None = Field(default=None, description="Today's spend against the daily budgets.")
+    budget: BudgetStatus | None = Field(
+        default=None, description="Today's spend against the daily budgets; null when no budget is set."
+    )
 
 
 # -- export / import (command line) ------------------------------------------------------

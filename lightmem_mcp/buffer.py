@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -204,7 +204,8 @@ class ShortTermBuffer:
     def flush(self, scope: Scope, force: bool = True, backlog: bool = False) -> FlushResult:
         """Extract the pending turns of exactly this scope (its project included): all of them when
         forced, else whole batches only. With `backlog`, the scope's skipped turns (stored while no
-        LLM was configured) are taken too, oldest first, in the same batches."""
+        LLM was configured) are taken too, oldest first, batched as they would have been had they
+        arrived with an LLM configured (see `_rounds`)."""
         scope = scope.stored
         extracted = facts = calls = taken = 0
         error = None
@@ -212,28 +213,32 @@ class ShortTermBuffer:
             self._leases.hold(f"extract:{scope_key(scope)}", self._lease_ttl_s) if self.active else nullcontext(True)
         )
         with self._scope_lock(scope), lease as held:
-            if self._extractor is not None and held:
+            extractor = self._extractor
+            if extractor is not None and held:
                 reached = self._waits(scope)
                 if reached is not None:
                     error = str(reached)
                 else:
-                    if backlog:
-                        taken = self._requeue(scope)
-                    pending = self.compress(scope, self._pending(scope))
-                    for batch in self._batches(pending, force):
+                    taken = self._requeue(scope, self._backlog(scope, 0)) if backlog else 0
+
+                    def extract(batch: Sequence[Sequence[BufferedTurn]]) -> bool:
+                        nonlocal error, calls, facts, extracted
                         try:
-                            written, tried = self._extract(scope, self._extractor, batch)
+                            written, tried = self._extract(scope, extractor, batch)
                         except BudgetReached as exc:  # refused before any request: no call made
                             error = str(exc)
                             self._resume_at(exc)
-                            break
+                            return False
                         except BackendUnavailable as exc:
                             error = str(exc)
                             calls += 1
-                            break
+                            return False
                         calls += tried
                         facts += written
                         extracted += sum(len(segment) for segment in batch)
+                        return True
+
+                    self._rounds(scope, self._pending(scope), bool(taken), force, extract, persist=True)
             left = self._pending(scope)
         if facts:
             self._observer.facts_stored(scope, facts)
@@ -254,49 +259,97 @@ class ShortTermBuffer:
         turns are compressed and segmented in memory and the prompts rendered, but no call is made."""
         scope = scope.stored
         pending = self._pending(scope)
-        requeued = self._backlog(scope, len(pending)) if backlog else []
-        turns = sorted(pending + [turn for turn, _ in requeued], key=lambda turn: turn.order)
-        turns = self.compress(scope, turns, persist=False)
-        prompts = [(extraction_prompt(scope), render_batch(batch)) for batch in self._batches(turns, force=True)]
-        return FlushPlan(turns=len(turns), backlog=len(requeued), prompts=prompts)
+        arriving = self._backlog(scope, len(pending)) if backlog else []
+        prompts: list[tuple[str, str]] = []
 
-    def _backlog(self, scope: Scope, pending: int) -> list[tuple[Turn, dict[str, object]]]:
-        """The scope's skipped turns whose role feeds extraction, oldest first, as they would be once
-        taken, with the fields that take them (as many as one flush reads)."""
-        where = RecordFilter(
-            scope.user_id,
-            scope.agent_id,
-            scope.session_id,
-            kinds=("turn",),
-            stages=("skipped",),
-            exact_scope=True,
-            project=scope.project,
-        )
+        def render(batch: Sequence[Sequence[BufferedTurn]]) -> bool:
+            prompts.append((extraction_prompt(scope), render_batch(batch)))
+            return True
+
+        self._rounds(scope, [*pending, *arriving], bool(arriving), True, render, persist=False)
+        return FlushPlan(turns=len(pending) + len(arriving), backlog=len(arriving), prompts=prompts)
+
+    def _rounds(
+        self,
+        scope: Scope,
+        turns: Sequence[Turn],
+        fed: bool,
+        force: bool,
+        extract: Callable[[Sequence[Sequence[BufferedTurn]]], bool],
+        persist: bool,
+    ) -> None:
+        """Hand `extract` the batches of `turns`. With `fed` (a backlog), the turns are fed in one at a
+        time in conversation order, as adds would have: whole batches each time the buffer fills, so a
+        backlog makes the calls its turns would have made on arrival rather than a few oversized ones.
+        Then, when forced, the rest. Stops at the first batch `extract` refuses."""
+        ordered = sorted(turns, key=lambda turn: turn.order)
+        waiting: list[Turn] = [] if fed else ordered
+        threshold = self._settings.buffer_tokens
+
+        def run(whole: bool) -> bool:
+            nonlocal waiting
+            waiting = self.compress(scope, waiting, persist)
+            for batch in self._batches(waiting, whole):
+                if not extract(batch):
+                    return False
+                done = {turn.record_id for segment in batch for turn in segment}
+                waiting = [turn for turn in waiting if turn.id not in done]
+            return True
+
+        for turn in ordered if fed else ():
+            waiting.append(turn)
+            if self._expected_tokens(waiting) >= threshold and not run(False):
+                return
+        run(force)
+
+    def _backlog(self, scope: Scope, pending: int) -> list[Turn]:
+        """The scope's skipped turns whose role feeds extraction, oldest first, as they will be once
+        taken (as many as one flush reads, with `pending` turns already waiting)."""
+        where = self._backlog_filter(scope)
         skipped = sorted(
             (t for t in map(Turn.read, self._store.scan(where)) if self.feeds_extraction(t.role or "user")),
             key=lambda turn: turn.order,
         )
+        # A role that fed no extraction when it was stored was never meant to be compressed.
+        plan = "disabled" if self._compressor.status == "disabled" else "deferred"
         taken = []
         for turn in skipped[: max(_MAX_PENDING_READ - pending, 0)]:
-            # A role that fed no extraction when it was stored was never meant to be compressed.
-            never = turn.compression == "not_extracted"
-            fields = Turn.requeued(
-                ("disabled" if self._compressor.status == "disabled" else "deferred") if never else None
-            )
-            taken.append((replace(turn, payload={**turn.payload, **fields}), fields))
+            fields = Turn.requeued(plan if turn.compression == "not_extracted" else None)
+            taken.append(replace(turn, payload={**turn.payload, **fields}))
         return taken
 
-    def _requeue(self, scope: Scope) -> int:
-        """Mark the backlog pending (kept in the store: a crash after this loses nothing); returns how many."""
-        requeued = self._backlog(scope, len(self._pending(scope)))
+    def backlog_size(self, scope: Scope) -> int:
+        """How many skipped turns of exactly this scope a backlog flush would take (roles that feed extraction)."""
+        return self._store.count(self._backlog_filter(scope.stored))
+
+    def _backlog_filter(self, scope: Scope) -> RecordFilter:
+        use = self._settings.messages_use
+        roles = {"user_only": ("user",), "assistant_only": ("assistant",)}.get(use, ())
+        return RecordFilter(
+            scope.user_id,
+            scope.agent_id,
+            scope.session_id,
+            kinds=("turn",),
+            roles=roles,
+            stages=("skipped",),
+            exact_scope=True,
+            project=scope.project,
+        )
+
+    def _requeue(self, scope: Scope, turns: Sequence[Turn]) -> int:
+        """Mark backlog turns (as `_backlog` returns them) pending in the store, so a crash after this
+        loses nothing: the normal pipeline extracts them. Returns how many."""
         exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True, project=scope.project)
-        groups: dict[str, tuple[dict[str, object], list[str]]] = {}
-        for turn, fields in requeued:
-            groups.setdefault(repr(sorted(fields.items())), (fields, []))[1].append(turn.id)
-        for fields, ids in groups.values():
+        groups: dict[str | None, list[str]] = {}
+        for turn in turns:
+            groups.setdefault(turn.compression if turn.compression in ("deferred", "disabled") else None, []).append(
+                turn.id
+            )
+        for compression, ids in groups.items():
+            fields = Turn.requeued(compression)
             for start in range(0, len(ids), _REQUEUE_CHUNK):
                 self._store.set_payload(replace(exact, ids=tuple(ids[start : start + _REQUEUE_CHUNK])), fields)
-        return len(requeued)
+        return len(turns)
 
     def _batches(self, pending: list[Turn], force: bool) -> list[list[list[BufferedTurn]]]:
         """Topic segments grouped into batches of about `buffer_tokens` each."""

@@ -302,7 +302,9 @@ class Memory:
     def backlog_scopes(self, user_id: str | None = None) -> list[Scope]:
         """The exact scopes holding skipped turns (stored while no LLM was configured), of one user or all."""
         scopes = self.store.pending_scopes(_MAX_SCOPES, "turn", "skipped")
-        return [scope for scope in scopes if user_id is None or scope.user_id == user_id]
+        mine = [scope for scope in scopes if user_id is None or scope.user_id == user_id]
+        # Skipped only for their role (an assistant's, under messages_use=user_only) is no backlog.
+        return [scope for scope in mine if self.buffer.backlog_size(scope)]
 
     def _plan_flush(self, scope: Scope, backlog: bool) -> FlushResult:
         plan = self.buffer.plan(scope, backlog)
@@ -694,7 +696,8 @@ class Memory:
         """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
         _check_scope(scope)
         result = collect_stats(self.store, scope, self._settings.price, self.compressor.counter)
-        return result.model_copy(update={"budget": self.spend.status(scope.user_id)})
+        budget = self.spend.status(scope.user_id) if self.spend.enabled else None
+        return result.model_copy(update={"budget": budget})
 
     def export_records(self, out: TextIO, scope: Scope | None = None, vectors: bool = False) -> ExportResult:
         """Write the scope's points (every point when `scope` is None) as JSON Lines to `out`."""
