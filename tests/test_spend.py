@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from mcp import Client
 
 from lightmem_mcp.api import Message
 from lightmem_mcp.cli import main
@@ -20,6 +21,7 @@ from lightmem_mcp.lexical import LexicalEncoder
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.presets import ModelPrice
 from lightmem_mcp.records import RecordFilter, Scope
+from lightmem_mcp.server import MemoryProvider, build_server
 from lightmem_mcp.store.edge import EdgeStore
 from tests.conftest import open_memory
 from tests.openai_server import FakeLLMServer, Reply, facts_per_message, usage
@@ -263,3 +265,37 @@ def test_the_backlog_command_estimates_then_extracts(
     assert "lena/-/-/-\t5\t" in ran.out and "5 turns extracted" in ran.err
     assert main(["backlog", "--dry-run"]) == 0  # nothing left
     assert "0 turns" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_flush_memory_takes_the_backlog_through_the_tool_after_a_dry_run(
+    settings: Settings, embedder: SentenceTransformerEmbedder, llm_server: FakeLLMServer
+) -> None:
+    store_without_llm(settings, embedder)
+    enabled = settings.model_copy(
+        update={
+            "llm": llm_server.settings(),
+            "pipeline": PipelineSettings(buffer_tokens=100_000),
+            "price": PRICE,
+            "budget": BudgetSettings(user_tokens_per_day=1_000_000),
+        }
+    )
+    memory = open_memory(enabled, embedder)
+    scope = {"user_id": "lena"}
+    try:
+        async with Client(build_server(enabled, MemoryProvider(enabled, lambda _: memory))) as client:
+            planned = await client.call_tool("flush_memory", {**scope, "backlog": True, "dry_run": True})
+            assert llm_server.requests == []
+            llm_server.script(one_fact_per_message)
+            done = await client.call_tool("flush_memory", {**scope, "backlog": True})
+            stats = await client.call_tool("stats", scope)
+    finally:
+        memory.close()
+
+    plan, result, spent = planned.structured_content, done.structured_content, stats.structured_content
+    assert plan is not None and result is not None and spent is not None
+    assert plan["dry_run"] and plan["backlog_turns"] == 5 and plan["estimate"]["llm_calls"] == 1
+    assert plan["estimate"]["cost"]["USD"] > 0
+    assert (result["backlog_turns"], result["extracted_turns"], result["llm_calls"]) == (5, 5, 1)
+    assert spent["budget"]["user_limit"] == 1_000_000 and spent["budget"]["user_tokens"] > 0
+    assert not spent["budget"]["waiting"]
