@@ -5,7 +5,10 @@ one exchange per add (a message and the reply to it, as an agent calls add_memor
 conversation in its own scope:
 
 - normal: the scripted LLM (tests/openai_server.py, one fact per message) is configured from the
-  start; background extraction runs as the buffer fills, then every scope is flushed;
+  start; background extraction runs as the buffer fills, then every scope is flushed. Twice: with
+  extraction keeping up (each add waits for the extraction it started, as at a conversation's
+  pace: the backlog's reference, since it feeds its turns to the buffer the same way), and with
+  the adds back to back, where each background flush takes what piled up meanwhile;
 - backlog: no LLM configured, so every turn is stored `skipped`; the store is closed, reopened with
   the LLM, and each scope of `backlog_scopes()` gets a dry run (`flush(backlog=True, dry_run=True)`,
   checked to change no stored point and send no request) and then the real `flush(backlog=True)`.
@@ -155,12 +158,15 @@ def settings_for(data_dir: Path, server: FakeLLMServer | None, compression: Comp
     return Settings(**values)
 
 
-def add_all(memory: Memory, adds: Adds) -> dict[Scope, list[str]]:
-    """Every exchange added; the record ids each add acknowledged, by scope."""
+def add_all(memory: Memory, adds: Adds, keep_up: bool = False) -> dict[Scope, list[str]]:
+    """Every exchange added; the record ids each add acknowledged, by scope. With `keep_up`, each add
+    waits for the background extraction it started, as when a conversation is slower than extraction."""
     acked: dict[Scope, list[str]] = {}
     for scope, scope_adds in adds.items():
         for add in scope_adds:
             acked.setdefault(scope, []).extend(memory.add(add, scope).ids)
+            if keep_up:
+                memory.buffer.drain()
     return acked
 
 
@@ -233,15 +239,19 @@ def recount(server: FakeLLMServer, start: int, counter: TokenCounter) -> int:
     return sum(counter.count(r.system) + counter.count(r.user) for r in server.requests[start:])
 
 
-def normal(adds: Adds, embedder: CachingEmbedder, root: Path, compression: CompressionSettings) -> dict[str, Any]:
-    """The LLM configured from the start: adds (background extraction as buffers fill), then a flush per scope."""
+def normal(
+    adds: Adds, embedder: CachingEmbedder, root: Path, compression: CompressionSettings, keep_up: bool
+) -> dict[str, Any]:
+    """The LLM configured from the start: adds (background extraction as buffers fill), then a flush per scope.
+    With `keep_up`, extraction keeps up with the adds (a conversation's pace); without, the adds come back
+    to back and each background flush takes whatever piled up meanwhile (bigger batches, fewer calls)."""
     server = FakeLLMServer().start()
     try:
         server.script(*[ANSWER] * 100_000)
-        memory = open_memory(settings_for(root / "normal", server, compression), embedder)
+        memory = open_memory(settings_for(root / ("normal" if keep_up else "burst"), server, compression), embedder)
         memory.compressor.load()
         began = time.perf_counter()
-        acked = add_all(memory, adds)
+        acked = add_all(memory, adds, keep_up)
         memory.buffer.drain()
         flushes = [memory.flush(scope) for scope in adds]
         seconds = time.perf_counter() - began
@@ -350,24 +360,50 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(name: str, run: dict[str, Any]) -> None:
-    n, b = run["normal"], run["backlog"]
+    n, u, b = run["normal"], run["burst"], run["backlog"]
     print(
-        f"\n{name}: {n['turns']} turns in {run['scopes']} scopes, one exchange per add "
-        f"(normal {n['seconds']:.0f} s, backlog {b['seconds']:.0f} s incl. both opens' adds and flushes)"
+        f"\n{name}: {n['turns']} turns in {run['scopes']} scopes, one exchange per add (normal {n['seconds']:.0f} s, "
+        f"back-to-back {u['seconds']:.0f} s, backlog {b['seconds']:.0f} s incl. both opens' adds and flushes)"
     )
-    per_1k_n, per_1k_b = 1000 / n["turns"], 1000 / b["turns"]
+    per_1k_n, per_1k_u, per_1k_b = 1000 / n["turns"], 1000 / u["turns"], 1000 / b["turns"]
     rows = []
     for label, key in (
         ("LLM calls / 1k turns", "calls"),
         ("prompt tokens / 1k turns", "prompt_tokens"),
         ("completion tokens / 1k turns", "completion_tokens"),
     ):
-        normal_value, backlog_value = n["spent"][key] * per_1k_n, b["spent"][key] * per_1k_b
-        rows.append([label, f"{normal_value:,.1f}", f"{backlog_value:,.1f}", ratio(backlog_value, normal_value)])
-    per_call_n = n["spent"]["prompt_tokens"] / max(n["spent"]["calls"], 1)
-    per_call_b = b["spent"]["prompt_tokens"] / max(b["spent"]["calls"], 1)
-    rows.append(["(prompt tokens per call)", f"{per_call_n:,.0f}", f"{per_call_b:,.0f}", ratio(per_call_b, per_call_n)])
-    print_table(["per 1k turns", "normal", "backlog", "backlog / normal"], rows)
+        normal_value, burst_value = n["spent"][key] * per_1k_n, u["spent"][key] * per_1k_u
+        backlog_value = b["spent"][key] * per_1k_b
+        rows.append(
+            [
+                label,
+                f"{normal_value:,.1f}",
+                f"{burst_value:,.1f}",
+                f"{backlog_value:,.1f}",
+                ratio(backlog_value, normal_value),
+                ratio(backlog_value, burst_value),
+            ]
+        )
+    per_call = [r["spent"]["prompt_tokens"] / max(r["spent"]["calls"], 1) for r in (n, u, b)]
+    rows.append(
+        [
+            "(prompt tokens per call)",
+            *(f"{value:,.0f}" for value in per_call),
+            ratio(per_call[2], per_call[0]),
+            ratio(per_call[2], per_call[1]),
+        ]
+    )
+    print_table(
+        [
+            "per 1k turns",
+            "normal (extraction keeps up)",
+            "normal (back-to-back adds)",
+            "backlog",
+            "backlog / keeps up",
+            "backlog / back-to-back",
+        ],
+        rows,
+    )
 
     audit_b, audit_n = b["audit"], n["audit"]
     print(
@@ -473,7 +509,8 @@ def main() -> None:
         for name, adds in datasets.items():
             run = {
                 "scopes": len(adds),
-                "normal": normal(adds, embedder, root / name, compression),
+                "normal": normal(adds, embedder, root / name, compression, keep_up=True),
+                "burst": normal(adds, embedder, root / name, compression, keep_up=False),
                 "backlog": backlog(adds, embedder, root / name, compression),
             }
             results["datasets"][name] = run
