@@ -10,10 +10,18 @@ which words survive, and so the quality, needs the real checkpoint
 Per model and rate: one `compress_many` call per batch of turns (as `Memory.add` does) and
 one `compress` call per turn. For bert-base, a baseline: llmlingua's own call on each turn,
 which pads every input to 512 tokens (the Compressor pads to the turn's length). With
-`--eager`, the bert-base runs are repeated with eager attention, which the model switches to
-once the topic segmenter asks for attentions.
+`--eager`, the bert-base runs are repeated after the topic segmenter has asked for attentions,
+which switches the fp32 model to eager attention (an int8 copy that compresses keeps sdpa).
+
+With `--precision`, only bert-base, on the CPU: the same LongMemEval turns (`--base-turns`) and
+LoCoMo turns (`--locomo-turns`) through fp32 with the batching used before padding was capped
+on the CPU, fp32, and the CPU fast path (int8 linear layers, `LIGHTMEM_COMPRESSION_QUANTIZE`),
+all on `--threads` threads (default: the compressor's own choice). Each batch of turns goes
+through the legs in turn, so a change of load on the machine hits them alike. Agreement: the
+share of words whose keep/drop choice (llmlingua's own labels) is the same in fp32 and int8.
 
     .venv/bin/python -m bench.compression [--turns 300] [--base-turns 60] [--rates 0.8 0.6]
+    .venv/bin/python -m bench.compression --precision [--base-turns 200] [--locomo-turns 200] [--threads 2]
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from unittest import mock
 
 from bench.common import (
     BATCH,
@@ -39,9 +50,12 @@ from bench.common import (
     write_results,
 )
 from bench.common import Turn as DataTurn
+from lightmem_mcp import compressor as compressor_module
 from lightmem_mcp.compressor import Compression, Compressor
 from lightmem_mcp.config import CompressionSettings
 from tests.tiny_models import Shape, build_tiny_llmlingua2
+
+DEFAULT_LOCOMO = Path("/work/shared/data/locomo_dev2.json.gz")
 
 
 def real_turns(data: Path, count: int) -> list[DataTurn]:
@@ -52,6 +66,13 @@ def real_turns(data: Path, count: int) -> list[DataTurn]:
         if len(turns) >= count:
             break
     return turns[:count]
+
+
+def locomo_texts(path: Path, count: int) -> list[str]:
+    """The first `count` LoCoMo messages, conversation after conversation."""
+    from bench.retrieval_quality import locomo
+
+    return [m.content for messages in locomo(path, None).messages.values() for m in messages][:count]
 
 
 def measure(compressor: Compressor, texts: list[str], rate: float) -> dict[str, Any]:
@@ -111,7 +132,13 @@ def run_model(
 ) -> list[dict[str, Any]]:
     """Build, load and measure one model shape at every rate."""
     folder = build_tiny_llmlingua2(options.root, extra_text=vocabulary_text, shape=shape)
-    settings = CompressionSettings(path=folder, device=options.device, allow_download=False)
+    settings = CompressionSettings(
+        path=folder,
+        device=options.device,
+        allow_download=False,
+        quantize=options.quantize,
+        threads=options.threads or 0,
+    )
     compressor = Compressor(settings)
     began = time.perf_counter()
     if compressor.load() != "ready":
@@ -123,6 +150,7 @@ def run_model(
             {
                 "model": shape,
                 "device": compressor.device,
+                "precision": compressor.precision,
                 "attention": "sdpa",
                 "load_s": load_seconds,
                 **measure(compressor, texts, rate),
@@ -130,21 +158,128 @@ def run_model(
         )
     if shape == "bert-base":
         rows.append(
-            {"model": shape, "device": compressor.device, "attention": "sdpa", **plain_llmlingua(compressor, texts)}
+            {
+                "model": shape,
+                "device": compressor.device,
+                "precision": "fp32",
+                "attention": "sdpa",
+                **plain_llmlingua(compressor, texts),
+            }
         )
     if options.eager and shape == "bert-base":
-        compressor.encoder()  # what the segmenter does: switches the model to eager attention
+        compressor.encoder()  # what the segmenter does: switches the fp32 model to eager attention
         rows += [
             {
                 "model": shape,
                 "device": compressor.device,
-                "attention": "eager",
+                "precision": compressor.precision,
+                # An int8 copy compresses; only the fp32 model the segmenter reads turns eager.
+                "attention": "eager" if compressor.precision == "fp32" else "sdpa (after encoder())",
                 "load_s": load_seconds,
                 **measure(compressor, texts, rate),
             }
             for rate in rates
         ]
     return rows
+
+
+@contextmanager
+def batching_before_cap() -> Iterator[None]:
+    """The Compressor's CPU batching as it was before padding was capped: 4096 padded tokens, any padding."""
+    with mock.patch.object(compressor_module, "_CPU_PADDING", None):
+        yield
+
+
+def run_precision(
+    texts_by_set: dict[str, list[str]], rate: float, options: argparse.Namespace, vocabulary_text: str
+) -> list[dict[str, Any]]:
+    """fp32 (as before, then with capped padding) against the CPU fast path: turns/s and keep/drop agreement."""
+    folder = build_tiny_llmlingua2(options.root, extra_text=vocabulary_text, shape="bert-base")
+
+    def loaded(quantize: Literal["auto", "int8", "off"]) -> Compressor:
+        settings = CompressionSettings(
+            path=folder, device="cpu", allow_download=False, quantize=quantize, threads=options.threads or 0
+        )
+        compressor = Compressor(settings)
+        if compressor.load() != "ready":
+            raise SystemExit(f"the bert-base model did not load: {compressor.reason}")
+        return compressor
+
+    fp32, fast = loaded("off"), loaded(options.quantize if options.quantize != "off" else "auto")
+    print(f"fast path: {fast.describe()['precision']}, {fast.cpu_threads()} threads per pass")
+    legs = {"fp32, before": (fp32, True), "fp32": (fp32, False), str(fast.precision): (fast, False)}
+    rows: list[dict[str, Any]] = []
+    for name, texts in texts_by_set.items():
+        seconds = dict.fromkeys(legs, 0.0)
+        results: dict[str, list[Compression]] = {leg: [] for leg in legs}
+        for batch in batches(texts, BATCH):
+            for leg, (compressor, before) in legs.items():
+                with batching_before_cap() if before else nullcontext():
+                    began = time.perf_counter()
+                    results[leg] += compressor.compress_many(list(batch), rate=rate)
+                    seconds[leg] += time.perf_counter() - began
+        reference = fp32.keep_decisions(texts, rate=rate)
+        candidate = fast.keep_decisions(texts, rate=rate)
+        if [word for word, _ in reference] != [word for word, _ in candidate]:
+            raise SystemExit(f"{name}: fp32 and {fast.precision} did not see the same words")
+        agreeing = sum(a == b for (_, a), (_, b) in zip(reference, candidate, strict=True))
+        for leg, (compressor, _) in legs.items():
+            same = sum(a.text == b.text for a, b in zip(results[leg], results["fp32"], strict=True))
+            decisions = candidate if compressor is fast else reference
+            rows.append(
+                {
+                    "data": name,
+                    "leg": leg,
+                    "precision": compressor.precision,
+                    "threads": compressor.cpu_threads(),
+                    "rate": rate,
+                    "turns": len(texts),
+                    "applied": sum(r.applied for r in results[leg]),
+                    "seconds": seconds[leg],
+                    "turns_per_s": len(texts) / seconds[leg],
+                    "speedup": seconds["fp32, before"] / seconds[leg],
+                    "same_output_share": same / len(texts),
+                    "words": len(decisions),
+                    "kept_share": sum(kept for _, kept in decisions) / len(decisions),
+                    "word_agreement": agreeing / len(reference) if compressor is fast else 1.0,
+                }
+            )
+    return rows
+
+
+def print_precision(rows: list[dict[str, Any]]) -> None:
+    """The fp32 / fast-path table."""
+    print_table(
+        [
+            "data",
+            "leg",
+            "threads",
+            "turns",
+            "compressed",
+            "turns/s",
+            "x fp32 before",
+            "same text as fp32",
+            "words",
+            "kept",
+            "keep/drop agreement",
+        ],
+        [
+            [
+                r["data"],
+                r["leg"],
+                r["threads"],
+                r["turns"],
+                r["applied"],
+                f"{r['turns_per_s']:.2f}",
+                f"{r['speedup']:.2f}",
+                f"{r['same_output_share']:.1%}",
+                r["words"],
+                f"{r['kept_share']:.1%}",
+                f"{r['word_agreement']:.2%}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main() -> None:
@@ -157,16 +292,28 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="also time bert-base with eager attention")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "npu", "mps"])
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads; 1 avoids thread thrashing on a busy machine"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of each compression pass (default: the compressor's, one fewer than the cores)",
     )
+    parser.add_argument(
+        "--quantize", default="auto", choices=["auto", "int8", "off"], help="LIGHTMEM_COMPRESSION_QUANTIZE"
+    )
+    parser.add_argument("--precision", action="store_true", help="fp32 against the CPU fast path (bert-base only)")
+    parser.add_argument("--locomo", type=Path, default=DEFAULT_LOCOMO)
+    parser.add_argument("--locomo-turns", type=int, default=200, help="LoCoMo turns for --precision (0: skip)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # llmlingua's own baseline call; the Compressor sets its own
 
     info = machine_info()
     print_machine(info)
+    if args.precision:
+        main_precision(args, info)
+        return
     turns = real_turns(args.data, max(args.turns, args.base_turns))
     texts = [t.content for t in turns]
     print(
@@ -192,6 +339,7 @@ def main() -> None:
         [
             "model",
             "device",
+            "precision",
             "attention",
             "path",
             "rate",
@@ -209,6 +357,7 @@ def main() -> None:
             [
                 r["model"],
                 r["device"],
+                r["precision"],
                 r["attention"],
                 r.get("baseline", "Compressor"),
                 r["rate"],
@@ -234,6 +383,35 @@ def main() -> None:
             "machine": info,
             "data": str(args.data),
             "note": "randomly initialised models; real savings and quality need the real checkpoint",
+            "rows": rows,
+        },
+    )
+
+
+def main_precision(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    """The --precision run: print the table, save the JSON."""
+    texts_by_set = {"longmemeval": [t.content for t in real_turns(args.data, args.base_turns)]}
+    if args.locomo_turns and args.locomo.exists():
+        texts_by_set["locomo"] = locomo_texts(args.locomo, args.locomo_turns)
+    for name, texts in texts_by_set.items():
+        print(f"data: {name}, {len(texts)} turns, mean {statistics.fmean(len(t) for t in texts):.0f} characters")
+    rate = args.rates[0]
+    print(
+        f"rate {rate}; bert-base-shaped, randomly initialised: its keep/drop choices are meaningless but "
+        "deterministic, and its keep probabilities are spread unlike the real checkpoint's"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-compression-") as root:
+        args.root = Path(root)
+        vocabulary_text = "\n".join(text for texts in texts_by_set.values() for text in texts)
+        rows = run_precision(texts_by_set, rate, args, vocabulary_text)
+    print_precision(rows)
+    write_results(
+        "compression",
+        {
+            "machine": info,
+            "mode": "precision",
+            "data": {"longmemeval": str(args.data), "locomo": str(args.locomo) if "locomo" in texts_by_set else None},
+            "note": "randomly initialised bert-base-shaped model; agreement with the real checkpoint may differ",
             "rows": rows,
         },
     )

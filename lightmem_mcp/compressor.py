@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CompressorStatus = Literal["not_loaded", "ready", "unavailable", "disabled"]
+Precision = Literal["fp32", "int8"]
 Origin = Literal["path", "cache", "hub"]
 # short: under min_tokens; no_gain: compression would not make it shorter (rate 1, a target
 # above the length, or an output no shorter than the input); disabled / unavailable: no model.
@@ -42,10 +47,17 @@ _PIECE_MARGIN: Final = 4
 # Padded model tokens per forward pass: large enough to batch short turns, small enough that
 # one long piece does not pad many short ones.
 _BATCH_TOKENS: Final = 4096
+# On the CPU, batching saves little (a piece's own tokens already make a large enough matrix)
+# while padding is computed like real tokens: a batch there pads its pieces by at most this share.
+_CPU_PADDING: Final = 0.05
 _SENTENCE_GAP: Final = re.compile(r"(\s*\n\s*|(?<=[.!?])\s+)")
 _WORD_GAP: Final = re.compile(r"(\s+)")
 # llmlingua maps each multi-token force token onto one of this many added tokens.
 MAX_FORCE_TOKENS: Final = 100
+# Separators of llmlingua's word-label output: control characters, which BERT tokenizers drop
+# from text, so no word contains them.
+_WORD_SEP: Final = "\x1e"
+_LABEL_SEP: Final = "\x1f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +171,9 @@ class Compressor:
         self._source: CompressionModelSource | None = None
         self._device: str | None = None
         self._engine: PromptCompressor | None = None
+        # The model `encoder()` hands out: the fp32 one, also when compression runs an int8 copy.
+        self._full_model: PreTrainedModel | None = None
+        self._precision: Precision | None = None
         self._max_seq_len = 512
         self._load_lock = threading.Lock()
         # llmlingua's tokenizer and batching are not safe to share between threads at once.
@@ -184,6 +199,11 @@ class Compressor:
         """The torch device the model runs on, once loaded."""
         return self._device
 
+    @property
+    def precision(self) -> Precision | None:
+        """fp32 or int8: the weights compression runs with, once loaded."""
+        return self._precision
+
     def expected_tokens(self, tokens: int) -> int:
         """About how many of a text's `tokens` compression will keep: the buffer counts turns that wait
         to be compressed this way, so its batches fill as they do with compressed turns."""
@@ -202,18 +222,21 @@ class Compressor:
                 self._device = resolve_device(self.settings.device)
                 self._engine = self._open(self._source, self._device)
                 self._max_seq_len = int(self._engine.max_seq_len)
+                self._full_model = self._engine.model
+                self._precision = self._speed_up(self._engine)
             except Exception as exc:  # never fatal: stored turns simply stay uncompressed
-                self._engine = None
+                self._engine = self._full_model = self._precision = None
                 self._reason = self._explain(exc)
                 self._status = "unavailable"
                 log.warning("compression unavailable: %s", self._reason)
                 return self._status
             self._status = "ready"
             log.info(
-                "compression model %s from %s on %s, loaded in %.1f s",
+                "compression model %s from %s on %s (%s), loaded in %.1f s",
                 self.model,
                 self._source.origin,
                 self._device,
+                self._precision,
                 time.perf_counter() - started,
             )
             return self._status
@@ -259,15 +282,45 @@ class Compressor:
         tokenizer.padding_side = "right"
         return engine
 
-    def encoder(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
-        """The loaded token-classification model, set to return attentions, and its tokenizer; None if unavailable.
+    def _speed_up(self, engine: PromptCompressor) -> Precision:
+        """On the CPU, swap in an int8 copy of the model for compression, as the settings allow."""
+        if self._device != "cpu" or self.settings.quantize == "off":
+            return "fp32"
+        import torch
 
-        llmlingua has added its `[NEWi]` force-token placeholders to this tokenizer (and resized the
-        embeddings to match); it pads on the right with the model's pad token.
+        engines = torch.backends.quantized.supported_engines
+        if self.settings.quantize == "auto" and "fbgemm" not in engines:
+            # The speed-up was measured with fbgemm's x86 kernels; elsewhere int8 may be no faster.
+            log.info(
+                "compression stays fp32: no x86 int8 kernels (fbgemm); LIGHTMEM_COMPRESSION_QUANTIZE=int8 forces int8"
+            )
+            return "fp32"
+        try:
+            engine.model = quantized_copy(engine.model, "fbgemm" if "fbgemm" in engines else None)
+        except Exception as exc:  # an older or newer torch without these kernels: fp32 still works
+            log.warning("compression stays fp32: int8 quantization failed (%s: %s)", type(exc).__name__, exc)
+            return "fp32"
+        return "int8"
+
+    def cpu_threads(self) -> int:
+        """Threads of each compression pass on the CPU: the setting, or one fewer than the cores."""
+        if self.settings.threads:
+            return self.settings.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores - 1)
+
+    def encoder(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
+        """The loaded fp32 token-classification model, set to return attentions, and its tokenizer; None if unavailable.
+
+        It is fp32 also when compression runs an int8 copy. llmlingua has added its `[NEWi]`
+        force-token placeholders to this tokenizer (and resized the embeddings to match); it pads
+        on the right with the model's pad token.
         """
-        if self.load() != "ready" or self._engine is None:
+        if self.load() != "ready" or self._full_model is None or self._engine is None:
             return None
-        model = self._engine.model
+        # The fp32 model, not an int8 copy: segmentation stays as it was, and the copy that
+        # compresses keeps its faster attention kernels.
+        model = self._full_model
         with self._run_lock:
             # transformers 5 picks the attention kernel per call from the config, and its default
             # (sdpa) returns no attention weights; the segmenter needs them. Under the run lock so
@@ -277,7 +330,7 @@ class Compressor:
         return model, self._engine.tokenizer
 
     def describe(self) -> dict[str, str | None]:
-        """Status, reason, model, source, location and device, for `doctor` and health output."""
+        """Status, reason, model, source, location, device and precision, for `doctor` and health output."""
         return {
             "status": self._status,
             "reason": self._reason,
@@ -285,6 +338,7 @@ class Compressor:
             "source": self._source.origin if self._source else None,
             "location": self._source.location if self._source else None,
             "device": self._device,
+            "precision": self._precision,
             "tokenizer": self.counter.encoding,
         }
 
@@ -324,7 +378,7 @@ class Compressor:
             keep = min(1.0, target_tokens / count) if target_tokens is not None and count else rate
             if self._status == "disabled":
                 results[index] = _unchanged(text, count, "disabled")
-            elif count < max(self.settings.min_tokens, 1) or not text.strip():
+            elif self._too_short(text, count):
                 results[index] = _unchanged(text, count, "short")
             elif keep >= 1.0:
                 results[index] = _unchanged(text, count, "no_gain")
@@ -341,10 +395,36 @@ class Compressor:
                 results[index] = self._result(texts[index], counts[index], output, seconds / len(group))
         return [result for result in results if result is not None]
 
-    def _run(self, texts: list[str], rate: float, forced: list[str]) -> tuple[list[str], float]:
+    def keep_decisions(
+        self, texts: Sequence[str], rate: float | None = None, force_tokens: Sequence[str] | None = None
+    ) -> list[tuple[str, bool]]:
+        """llmlingua's keep (True) or drop choice for each word `compress_many` would compress, from the same passes.
+
+        Short texts, which `compress_many` stores as they are, have none. Words come in model-pass
+        order (pieces shortest first), which depends only on the texts and the tokenizer: the
+        choices of two compressors over one model line up word for word.
+        """
+        rate = self.settings.rate if rate is None else rate
+        forced = list(self.settings.force_tokens if force_tokens is None else force_tokens)
+        _validate(rate, None, forced)
+        if self.load() != "ready":
+            raise BackendUnavailable(self._reason or "compression model is not loaded")
+        counts = self.counter.count_many(texts)
+        compressible = [text for text, count in zip(texts, counts, strict=True) if not self._too_short(text, count)]
+        decisions: list[tuple[str, bool]] = []
+        if compressible:
+            self._run(compressible, rate, forced, decisions)
+        return decisions
+
+    def _too_short(self, text: str, tokens: int) -> bool:
+        return tokens < max(self.settings.min_tokens, 1) or not text.strip()
+
+    def _run(
+        self, texts: list[str], rate: float, forced: list[str], decisions: list[tuple[str, bool]] | None = None
+    ) -> tuple[list[str], float]:
         engine = self._engine
         assert engine is not None
-        with self._run_lock:
+        with self._run_lock, self._pass():
             started = time.perf_counter()
             full = self._max_seq_len
             # llmlingua glues the compressed 512-token chunks of a long text without a space
@@ -356,20 +436,48 @@ class Compressor:
             outputs = [""] * len(pieces)
             # llmlingua pads every input to max_seq_len (512), and most turns are far shorter: so
             # pieces go in batches of similar length, each padded only to its own longest piece.
-            for batch in _batches(pieces, engine.max_batch_size):
+            padding = _CPU_PADDING if self._device == "cpu" else None
+            for batch in _batches(pieces, engine.max_batch_size, padding):
                 engine.max_seq_len = min(full, pieces[batch[-1]].tokens + 2 + _PIECE_MARGIN)
                 try:
                     result = engine.compress_prompt_llmlingua2(
-                        [pieces[i].text for i in batch], rate=rate, force_tokens=forced
+                        [pieces[i].text for i in batch],
+                        rate=rate,
+                        force_tokens=forced,
+                        return_word_label=decisions is not None,
+                        word_sep=_WORD_SEP,
+                        label_sep=_LABEL_SEP,
                     )
                 finally:
                     engine.max_seq_len = full
+                if decisions is not None:
+                    decisions += _decisions(str(result["fn_labeled_original_prompt"]))
                 for index, output in zip(batch, result["compressed_prompt_list"], strict=True):
                     outputs[index] = str(output)
             compressed = iter(outputs)
             keep_newlines = "\n" in forced
             joined = [_join([(next(compressed), p.gap) for p in layout], keep_newlines) for layout in layouts]
             return joined, time.perf_counter() - started
+
+    @contextmanager
+    def _pass(self) -> Iterator[None]:
+        """On the CPU: no autograd bookkeeping, and at most `cpu_threads()` threads."""
+        if self._device != "cpu":
+            yield
+            return
+        import torch
+
+        # torch.set_num_threads is process-wide in name, but with torch's OpenMP backend it sets
+        # the calling thread's own OpenMP team size: threads already running torch keep theirs
+        # (only one making its first torch call during a pass starts with the bound). So it is
+        # set for each pass and restored after, and a search running meanwhile keeps its threads.
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads())
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(before)
 
     def _result(self, original: str, original_tokens: int, output: str, seconds: float) -> Compression:
         tokens = self.counter.count(output)
@@ -386,6 +494,61 @@ class Compressor:
             applied=True,
             skipped_reason=None,
         )
+
+
+def quantized_copy(model: PreTrainedModel, kernels: str | None = None) -> PreTrainedModel:
+    """A copy of `model` whose encoder's linear layers run in int8, sharing the original's other weights.
+
+    Weights are int8 with one scale per output row; activations are quantized to 8 bits on each
+    call (dynamic quantization). The classifier stays fp32: it is tiny, and its error would go
+    straight into the keep probabilities. `kernels` names torch's quantized engine to pack the
+    weights for (e.g. "fbgemm"); packed weights keep it, so torch's global choice is restored.
+    """
+    import torch
+
+    class Int8Linear(torch.nn.Module):
+        """`linear` with int8 weights; inputs are quantized per call, with the whole 8 bits unless `reduce_range`."""
+
+        def __init__(self, linear: torch.nn.Linear, reduce_range: bool) -> None:
+            super().__init__()
+            weight = linear.weight.detach().float()
+            scales = (weight.abs().amax(dim=1).double() / 127).clamp(min=1e-12)
+            zeros = torch.zeros(len(scales), dtype=torch.long)
+            quantized = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(quantized, linear.bias)
+            self.reduce_range = reduce_range
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return torch.ops.quantized.linear_dynamic(inputs, self.packed, self.reduce_range)  # type: ignore[no-any-return]
+
+    encoder = model.base_model
+    linears = [(name, module) for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)]
+    # Shared, not copied: the embeddings (not quantized, and most of a multilingual model's
+    # weights) and the fp32 linear layers, which the copy replaces. Inference writes neither.
+    embeddings = model.get_input_embeddings()
+    fast = copy.deepcopy(model, {id(embeddings): embeddings, **{id(module): module for _, module in linears}})
+    # fbgemm's AVX2 kernels sum pairs of 8-bit products in 16 bits, which can saturate; 7-bit
+    # inputs avoid it, at twice the rounding error. AVX512-VNNI kernels sum in 32 bits.
+    vnni = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    reduce_range = kernels == "fbgemm" and not vnni
+    before = torch.backends.quantized.engine
+    try:
+        if kernels is not None:
+            torch.backends.quantized.engine = kernels
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation", category=UserWarning)
+            for name, module in linears:
+                parent, _, attribute = name.rpartition(".")
+                setattr(fast.base_model.get_submodule(parent), attribute, Int8Linear(module, reduce_range))
+    finally:
+        torch.backends.quantized.engine = before
+    return fast
+
+
+def _decisions(labelled: str) -> list[tuple[str, bool]]:
+    """llmlingua's `fn_labeled_original_prompt` as (word, kept) pairs."""
+    pairs = [item.rsplit(_LABEL_SEP, 1) for item in labelled.split(_WORD_SEP)] if labelled else []
+    return [(word, label == "1") for word, label in pairs]
 
 
 def _unchanged(text: str, tokens: int, reason: SkipReason) -> Compression:
@@ -443,16 +606,27 @@ def _sized(units: list[tuple[str, str]], lengths: Callable[[list[str]], list[int
     return [(unit, gap, sizes[i], sizes[len(units) + i]) for i, (unit, gap) in enumerate(units)]
 
 
-def _batches(pieces: list[Piece], most: int) -> list[list[int]]:
-    """Indices of `pieces`, shortest first, in batches of at most `most` and `_BATCH_TOKENS` padded tokens."""
+def _batches(pieces: list[Piece], most: int, padding: float | None = None) -> list[list[int]]:
+    """Indices of `pieces`, shortest first, in batches of at most `most` and `_BATCH_TOKENS` padded tokens.
+
+    With `padding`, a batch also pads its pieces by at most that share of their own tokens.
+    """
     batches: list[list[int]] = []
     batch: list[int] = []
+    real = 0
     for index in sorted(range(len(pieces)), key=lambda i: pieces[i].tokens):
         # Sorted ascending, so this piece is the longest: the batch would pad everything to it.
-        if batch and (len(batch) == most or (len(batch) + 1) * (pieces[index].tokens + 2) > _BATCH_TOKENS):
+        size = pieces[index].tokens + 2
+        padded = (len(batch) + 1) * size
+        if batch and (
+            len(batch) == most
+            or padded > _BATCH_TOKENS
+            or (padding is not None and padded > (1 + padding) * (real + size))
+        ):
             batches.append(batch)
-            batch = []
+            batch, real = [], 0
         batch.append(index)
+        real += size
     if batch:
         batches.append(batch)
     return batches

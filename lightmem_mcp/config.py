@@ -243,6 +243,21 @@ class CompressionSettings(_Section):
     )
     min_tokens: int = Field(default=16, ge=0, description="Messages shorter than this are stored as they are.")
     device: Device = Field(default="auto", description="auto = cuda, then npu, then mps, then cpu.")
+    quantize: Literal["auto", "int8", "off"] = Field(
+        default="auto",
+        description=(
+            "On the CPU, compress with an int8 copy of the model's linear layers (about 2.5x fp32's turns/s, "
+            "about 99% of keep/drop choices unchanged): auto = on x86 CPUs, int8 = on any CPU, off = fp32; "
+            "other devices always use fp32."
+        ),
+    )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "CPU threads of each compression pass; 0 = one fewer than the cores (at least 1), leaving one for search."
+        ),
+    )
     allow_download: bool = Field(
         default=True, description="Fetch the model from the Hugging Face hub when no local copy is found."
     )

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from lightmem_mcp.compressor import Compressor, split_for_model
-from lightmem_mcp.config import CompressionSettings
+from lightmem_mcp.config import CompressionSettings, PipelineSettings
+from lightmem_mcp.embedder import SentenceTransformerEmbedder
 from lightmem_mcp.errors import BackendUnavailable, ConfigError, InvalidInput
+from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.tokens import BUNDLED_ENCODINGS, TokenCounter, ensure_tiktoken_offline
 
 LONG = (
@@ -186,6 +188,9 @@ def test_encoder_gives_attentions_for_segmentation(compressor: Compressor) -> No
 
     assert len(attentions) == 2  # one per layer of the tiny model
     assert attentions[-1].shape[:2] == (2, 2)  # batch, heads
+    # The segmenter reads the fp32 model, also when compression runs an int8 copy.
+    assert compressor.precision == "int8"
+    assert any(isinstance(module, torch.nn.Linear) for module in model.bert.encoder.modules())
 
 
 def test_describe_reports_a_loaded_model(compressor: Compressor, tiny_model: Path) -> None:
@@ -196,7 +201,89 @@ def test_describe_reports_a_loaded_model(compressor: Compressor, tiny_model: Pat
     assert info["source"] == "path"
     assert info["location"] == str(tiny_model)
     assert info["device"] == "cpu"
+    assert info["precision"] == "int8"
     assert info["tokenizer"] == "cl100k_base"
+
+
+@pytest.fixture(scope="session")
+def fp32_compressor(tiny_model: Path) -> Compressor:
+    service = Compressor(CompressionSettings(path=tiny_model, device="cpu", allow_download=False, quantize="off"))
+    assert service.load() == "ready", service.reason
+    return service
+
+
+def test_cpu_runs_int8_by_default_and_off_means_fp32(compressor: Compressor, fp32_compressor: Compressor) -> None:
+    assert CompressionSettings().quantize == "auto"
+    assert compressor.settings.quantize == "auto"
+    assert (compressor.precision, compressor.describe()["precision"]) == ("int8", "int8")
+    assert (fp32_compressor.precision, fp32_compressor.describe()["precision"]) == ("fp32", "fp32")
+
+
+def test_int8_compression_keeps_the_rate_and_the_force_tokens(compressor: Compressor) -> None:
+    text = "\n".join(f"Question {n}: where did we park the car on day {n} of the trip, and why?" for n in range(8))
+
+    half = compressor.compress(LONG, rate=0.5)
+    forced = compressor.compress(text, rate=0.3)
+
+    assert compressor.precision == "int8"
+    assert half.applied and 0.35 <= half.ratio <= 0.6
+    assert half.compressed_tokens < half.original_tokens
+    assert forced.applied and forced.compressed_tokens < forced.original_tokens
+    assert forced.text.count("?") == 8
+    assert forced.text.count("\n") == 7
+
+
+def test_int8_keeps_and_drops_the_words_fp32_does(compressor: Compressor, fp32_compressor: Compressor) -> None:
+    texts = [
+        LONG,
+        LONG.replace("Japan", "Peru").replace("Tokyo", "Lima"),
+        LONG.upper(),
+        "\n".join(f"Question {n}: where did we park the car on day {n} of the trip, and why?" for n in range(8)),
+    ]
+
+    for rate in (0.8, 0.5):
+        fast = compressor.keep_decisions(texts, rate=rate)
+        exact = fp32_compressor.keep_decisions(texts, rate=rate)
+
+        assert [word for word, _ in fast] == [word for word, _ in exact]
+        assert len(exact) > 600
+        agreeing = sum(a == b for (_, a), (_, b) in zip(fast, exact, strict=True))
+        assert agreeing / len(exact) >= 0.99, f"rate {rate}: {agreeing} of {len(exact)} words agree"
+
+
+def test_segmenter_reads_the_fp32_attentions_while_int8_compresses(
+    compressor: Compressor, embedder: SentenceTransformerEmbedder
+) -> None:
+    segmenter = TopicSegmenter(PipelineSettings(), SegmentationEncoders(compressor, embedder).get)
+    before = compressor.compress(LONG, rate=0.5).text
+
+    share = segmenter.predecessor_attention(["We land in Tokyo.", "Which rail pass?", "My cat hates the vacuum."])
+
+    assert share is not None and len(share) == 3 and share[0] == 1.0
+    assert all(0.0 <= value <= 1.0 for value in share)
+    assert compressor.compress(LONG, rate=0.5).text == before
+
+
+def test_keep_decisions_cover_the_words_compress_many_compresses(fp32_compressor: Compressor) -> None:
+    decisions = fp32_compressor.keep_decisions(["Hi, how are you?", LONG], rate=0.5)
+
+    assert decisions == fp32_compressor.keep_decisions([LONG], rate=0.5)  # the short text is stored as it is
+    assert {word for word, _ in decisions} >= {"Japan", "Kyoto", "Shinjuku"}
+    assert 0.4 <= sum(kept for _, kept in decisions) / len(decisions) <= 0.6
+
+
+def test_compression_threads_are_bounded_per_pass_and_restored(tiny_model: Path) -> None:
+    import torch
+
+    service = Compressor(CompressionSettings(path=tiny_model, device="cpu", threads=1))
+    automatic = Compressor(CompressionSettings(path=tiny_model, device="cpu"))
+    before = torch.get_num_threads()
+
+    assert service.compress(LONG, rate=0.5).applied
+
+    assert torch.get_num_threads() == before
+    assert service.cpu_threads() == 1
+    assert automatic.cpu_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @pytest.mark.usefixtures("no_hub")
