@@ -379,7 +379,8 @@ class CompressionCounts(BaseModel):
     """Turns stored one way, with their tokens."""
 
     compression: str = Field(
-        description="applied, or why not: short, no_gain, disabled, unavailable, loading, not_extracted."
+        description="applied, or why not: short, no_gain, disabled, unavailable, not_extracted; deferred: waiting for "
+        "its buffer's flush to compress it (loading: stored by an earlier version while the model loaded)."
     )
     turns: int
     tokens_original: int
