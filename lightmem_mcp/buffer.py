@@ -54,6 +54,8 @@ class FlushPlan:
     turns: int
     backlog: int
     prompts: list[tuple[str, str]]
+    pending_turns: int  # waiting now, as the flush would find them
+    pending_tokens: int
 
 
 class ShortTermBuffer:
@@ -267,7 +269,13 @@ class ShortTermBuffer:
             return True
 
         self._rounds(scope, [*pending, *arriving], bool(arriving), True, render, persist=False)
-        return FlushPlan(turns=len(pending) + len(arriving), backlog=len(arriving), prompts=prompts)
+        return FlushPlan(
+            turns=len(pending) + len(arriving),
+            backlog=len(arriving),
+            prompts=prompts,
+            pending_turns=len(pending),
+            pending_tokens=_tokens(pending),
+        )
 
     def _rounds(
         self,
@@ -305,16 +313,12 @@ class ShortTermBuffer:
     def _backlog(self, scope: Scope, pending: int) -> list[Turn]:
         """The scope's skipped turns whose role feeds extraction, oldest first, as they will be once
         taken (as many as one flush reads, with `pending` turns already waiting)."""
-        where = self._backlog_filter(scope)
-        skipped = sorted(
-            (t for t in map(Turn.read, self._store.scan(where)) if self.feeds_extraction(t.role or "user")),
-            key=lambda turn: turn.order,
-        )
+        skipped = sorted(map(Turn.read, self._store.scan(self._backlog_filter(scope))), key=lambda turn: turn.order)
         # A role that fed no extraction when it was stored was never meant to be compressed.
         plan = "disabled" if self._compressor.status == "disabled" else "deferred"
         taken = []
         for turn in skipped[: max(_MAX_PENDING_READ - pending, 0)]:
-            fields = Turn.requeued(plan if turn.compression == "not_extracted" else None)
+            fields = Turn.requeued(plan if turn.compression == "not_extracted" else turn.compression)
             taken.append(replace(turn, payload={**turn.payload, **fields}))
         return taken
 
@@ -340,11 +344,9 @@ class ShortTermBuffer:
         """Mark backlog turns (as `_backlog` returns them) pending in the store, so a crash after this
         loses nothing: the normal pipeline extracts them. Returns how many."""
         exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True, project=scope.project)
-        groups: dict[str | None, list[str]] = {}
+        groups: dict[str, list[str]] = {}
         for turn in turns:
-            groups.setdefault(turn.compression if turn.compression in ("deferred", "disabled") else None, []).append(
-                turn.id
-            )
+            groups.setdefault(turn.compression, []).append(turn.id)
         for compression, ids in groups.items():
             fields = Turn.requeued(compression)
             for start in range(0, len(ids), _REQUEUE_CHUNK):
@@ -440,10 +442,6 @@ class ShortTermBuffer:
         )
 
     # -- reading the buffer --------------------------------------------------------------
-
-    def pending(self, scope: Scope) -> list[Turn]:
-        """The pending turns of exactly this scope, in conversation order."""
-        return self._pending(scope.stored)
 
     def _pending(self, scope: Scope) -> list[Turn]:
         where = RecordFilter(

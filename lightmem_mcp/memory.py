@@ -31,6 +31,7 @@ from lightmem_mcp.api import (
     SearchFilters,
     SearchHit,
     SearchResult,
+    SpendEstimate,
     StatsResult,
     SummarizeResult,
     Window,
@@ -308,26 +309,25 @@ class Memory:
 
     def _plan_flush(self, scope: Scope, backlog: bool) -> FlushResult:
         plan = self.buffer.plan(scope, backlog)
-        prompt = sum(self.llm.estimate_tokens(system, user) for system, user in plan.prompts)
-        share = completion_share(self.store, scope.user_id, EXTRACTION_PURPOSE)
-        pending = self.buffer.pending(scope)
         return FlushResult(
             dry_run=True,
             extracted_turns=plan.turns,
             backlog_turns=plan.backlog,
             facts=0,
             llm_calls=0,
-            pending_turns=len(pending),
-            pending_tokens=sum(turn.tokens_compressed for turn in pending),
+            pending_turns=plan.pending_turns,
+            pending_tokens=plan.pending_tokens,
             error=None if self.llm.configured else "no LLM configured (LIGHTMEM_LLM_PROVIDER): nothing would be sent",
-            estimate=estimate(
-                self._settings.price,
-                self.llm.provider,
-                self.llm.model,
-                len(plan.prompts),
-                prompt,
-                round(prompt * share),
-            ),
+            estimate=self._estimate(scope, EXTRACTION_PURPOSE, plan.prompts),
+        )
+
+    def _estimate(self, scope: Scope, purpose: str, prompts: Sequence[tuple[str, str]]) -> SpendEstimate:
+        """What sending these (system, user) prompts would cost: one call each, the prompts counted with
+        the configured tokenizer, answers as long as the user's earlier ones of that purpose."""
+        prompt = sum(self.llm.estimate_tokens(system, user) for system, user in prompts)
+        share = completion_share(self.store, scope.user_id, purpose)
+        return estimate(
+            self._settings.price, self.llm.provider, self.llm.model, len(prompts), prompt, round(prompt * share)
         )
 
     # -- sleep time ----------------------------------------------------------------------
@@ -363,16 +363,16 @@ class Memory:
         if topic is not None and is_blank(topic):
             raise InvalidInput("topic", "empty: omit it or name what to summarize")
         if dry_run:
-            prompts = self.summarizer.prompts(scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic)
-            prompt = sum(self.llm.estimate_tokens(system, user) for system, user in prompts)
-            share = completion_share(self.store, scope.user_id, SUMMARY_PURPOSE)
-            planned = self.summarizer.run(
-                scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, dry_run=True
+            windows, prompts = self.summarizer.plan(
+                scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic
             )
-            spend = estimate(
-                self._settings.price, self.llm.provider, self.llm.model, len(prompts), prompt, round(prompt * share)
+            return SummarizeResult(
+                dry_run=True,
+                summaries=[],
+                llm_calls=0,
+                windows=windows,
+                estimate=self._estimate(scope, SUMMARY_PURPOSE, prompts),
             )
-            return planned.model_copy(update={"estimate": spend})
         result = self.summarizer.run(
             scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, progress=progress
         )

@@ -594,10 +594,10 @@ class Turn(Record):
         return fields
 
     @staticmethod
-    def requeued(compression: str | None) -> dict[str, object]:
-        """The fields set on a skipped turn taken into extraction (the backlog): pending again, and
-        how its words will be compressed when they were never going to be."""
-        return {"stage": "pending"} if compression is None else {"stage": "pending", "compression": compression}
+    def requeued(compression: str) -> dict[str, object]:
+        """The fields set on a skipped turn taken into extraction (the backlog): pending again, and how
+        its words reach extraction (`deferred` for one that was never going to be compressed)."""
+        return {"stage": "pending", "compression": compression}
 
     @staticmethod
     def extracted(at: float) -> dict[str, object]:

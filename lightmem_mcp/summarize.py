@@ -97,14 +97,10 @@ class Summarizer:
         until_ts: float | None = None,
         topic: str | None = None,
         progress: Progress | None = None,
-        dry_run: bool = False,
     ) -> SummarizeResult:
-        """Summarize the scope's memories in range, one summary per window. A dry run writes nothing
-        and calls nothing: it returns the windows' prompts (`plan`) for an estimate instead."""
+        """Summarize the scope's memories in range, one summary per window."""
         entries = self._entries(scope, since_ts, until_ts, topic)
         groups = _group(entries, window)
-        if dry_run:
-            return SummarizeResult(summaries=[], llm_calls=0, dry_run=True, windows=len(groups))
         summaries: list[SummaryInfo] = []
         calls = 0
         error = None
@@ -201,7 +197,7 @@ class Summarizer:
 
     # -- writing -------------------------------------------------------------------------
 
-    def prompts(
+    def plan(
         self,
         scope: Scope,
         *,
@@ -209,12 +205,13 @@ class Summarizer:
         since_ts: float | None = None,
         until_ts: float | None = None,
         topic: str | None = None,
-    ) -> list[tuple[str, str]]:
-        """The (system, user) prompts a run would send, one per window; none without an LLM."""
-        if not self._llm.configured:
-            return []
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """What a run would do, writing and calling nothing: its windows, and the (system, user)
+        prompts it would send, one per window (none without an LLM: the summaries are extractive)."""
         groups = _group(self._entries(scope, since_ts, until_ts, topic), window)
-        return [self._prompt(scope, topic, group[-self._settings.max_entries :]) for _, group in groups]
+        if not self._llm.configured:
+            return len(groups), []
+        return len(groups), [self._prompt(scope, topic, group[-self._settings.max_entries :]) for _, group in groups]
 
     def _prompt(self, scope: Scope, topic: str | None, group: Sequence[Record]) -> tuple[str, str]:
         words = max(20, self._settings.max_tokens * 3 // 4)
