@@ -434,37 +434,20 @@ def report(name: str, run: dict[str, Any]) -> None:
     print_table(
         ["", "estimate", "spent", "estimate / spent"],
         [
-            ["LLM calls", est["calls"], got["calls"], ratio(est["calls"], got["calls"])],
-            [
-                "prompt tokens (server: ~4 chars/token)",
-                f"{est['prompt_tokens']:,}",
-                f"{got['prompt_tokens']:,}",
-                ratio(est["prompt_tokens"], got["prompt_tokens"]),
-            ],
-            [
-                "prompt tokens (sent prompts recounted, cl100k)",
-                f"{est['prompt_tokens']:,}",
-                f"{b['spent_prompt_tokens_cl100k']:,}",
-                ratio(est["prompt_tokens"], b["spent_prompt_tokens_cl100k"]),
-            ],
-            [
-                "completion tokens",
-                f"{est['completion_tokens']:,}",
-                f"{got['completion_tokens']:,}",
-                ratio(est["completion_tokens"], got["completion_tokens"]),
-            ],
-            [
-                "total tokens",
-                f"{est['total_tokens']:,}",
-                f"{got['total_tokens']:,}",
-                ratio(est["total_tokens"], got["total_tokens"]),
-            ],
-            [
-                "cost (USD, fake-model at 0.28 / 0.42 per 1M)",
-                f"{est['cost_usd']:.5f}",
-                f"{got['cost_usd']:.5f}",
-                ratio(est["cost_usd"], got["cost_usd"]),
-            ],
+            [label, fmt.format(estimated), fmt.format(spent_value), ratio(estimated, spent_value)]
+            for label, fmt, estimated, spent_value in (
+                ("LLM calls", "{}", est["calls"], got["calls"]),
+                ("prompt tokens (server: ~4 chars/token)", "{:,}", est["prompt_tokens"], got["prompt_tokens"]),
+                (
+                    "prompt tokens (sent prompts recounted, cl100k)",
+                    "{:,}",
+                    est["prompt_tokens"],
+                    b["spent_prompt_tokens_cl100k"],
+                ),
+                ("completion tokens", "{:,}", est["completion_tokens"], got["completion_tokens"]),
+                ("total tokens", "{:,}", est["total_tokens"], got["total_tokens"]),
+                ("cost (USD, fake-model at 0.28 / 0.42 per 1M)", "{:.5f}", est["cost_usd"], got["cost_usd"]),
+            )
         ],
     )
     share_est = est["completion_tokens"] / max(est["prompt_tokens"], 1)
