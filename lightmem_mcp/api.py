@@ -13,7 +13,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lightmem_mcp.records import MAX_ID_CHARS, MAX_SPEAKERS, Kind, Role, ScopeId, Speaker, Status, Tier
+from lightmem_mcp.records import (
+    MAX_ID_CHARS,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_SPEAKERS,
+    Kind,
+    MetadataValue,
+    Role,
+    ScopeId,
+    Speaker,
+    Status,
+    Tier,
+)
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 # Most changes one consolidation run lists in its result.
@@ -22,12 +35,32 @@ MAX_REPORTED_CHANGES = 500
 # Progress reported to the tool caller: done, total, message.
 Progress = Callable[[float, float, str], None]
 
+# True once the caller has cancelled: stop at the next batch boundary.
+Stop = Callable[[], bool]
+
+_CANCELLED = "True when the call was cancelled: it stopped at a batch boundary; the counts say what was done."
+
 # What one summary covers: everything in range, or one session, day or week.
 Window = Literal["all", "session", "day", "week"]
+# The stored fields whose values are offered when a client completes an argument.
+Suggestion = Literal["session_id", "agent_id", "project", "topic", "speaker"]
 
 _PROJECT = "The project it belongs to; null = the user's global tier."
 _TIER = (
     "Which tier it comes from: project (the project's own memories) or global (the user's, seen from every project)."
+)
+_METADATA_RULES = (
+    f"At most {MAX_METADATA_KEYS} keys of 1-64 letters, digits, _ or - (starting with a letter or _, no dots); "
+    f"values are strings (at most {MAX_METADATA_VALUE_CHARS} characters), numbers or booleans, no null or "
+    f"nesting; at most {MAX_METADATA_BYTES} bytes as JSON."
+)
+_METADATA = (
+    "Your metadata on it, as given to add_memory; a fact or summary has the union of its sources' "
+    "(the newest source wins a key they disagree on)."
+)
+_EXPIRES_AT = (
+    "When it expires (UTC); from then on it is hidden and later deleted. A fact or summary expires when all "
+    "its sources have. null: never."
 )
 
 
@@ -89,6 +122,12 @@ class SearchFilters(BaseModel):
     include_superseded: bool = Field(
         default=False, description="Also facts that newer facts updated or contradicted (see memory_history)."
     )
+    metadata: dict[str, MetadataValue] | None = Field(
+        default=None,
+        max_length=MAX_METADATA_KEYS,
+        description="Only memories whose metadata holds every one of these key: value pairs (equality; a whole "
+        f"number matches 2 and 2.0, a string never matches a number or boolean). {_METADATA_RULES}",
+    )
 
 
 # -- Records as they come back -----------------------------------------------------------
@@ -115,6 +154,8 @@ class MemoryRecord(BaseModel):
     event_time: datetime = Field(description="When it happened (UTC).")
     created_at: datetime
     updated_at: datetime
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, description=_METADATA)
+    expires_at: datetime | None = Field(default=None, description=_EXPIRES_AT)
 
 
 class SearchHit(BaseModel):
@@ -134,6 +175,8 @@ class SearchHit(BaseModel):
     window: int | None = Field(
         default=None, description="With context > 0: index in `windows` of the exchange around this hit."
     )
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, description=_METADATA)
+    expires_at: datetime | None = Field(default=None, description=_EXPIRES_AT)
 
 
 class WindowTurn(BaseModel):
@@ -261,6 +304,7 @@ class FlushResult(BaseModel):
     pending_turns: int = Field(description="Turns still waiting for extraction.")
     pending_tokens: int = Field(description="Their tokens.")
     error: str | None = Field(default=None, description="Why extraction stopped early; the turns stay pending.")
+    cancelled: bool = Field(default=False, description=_CANCELLED)
     estimate: SpendEstimate | None = Field(
         default=None, description="A dry run: the calls, tokens and cost it would take."
     )
@@ -310,6 +354,11 @@ class ConsolidateResult(BaseModel):
     ignored: int
     changes: list[ConsolidationChange] = Field(description=f"The changes, at most {MAX_REPORTED_CHANGES}.")
     error: str | None = Field(default=None, description="Why the run stopped early; finished users stay done.")
+    cancelled: bool = Field(default=False, description=_CANCELLED)
+    undecided_targets: int = Field(
+        default=0, description="Of `targets`, those a cancelled run left undecided; a later run decides them."
+    )
+    users_left: int = Field(default=0, description="Of `users`, those a cancelled run never reached.")
     estimate: SpendEstimate | None = Field(
         default=None,
         description="A dry run: what it spent deciding, which a real run spends again (the same calls).",
@@ -341,6 +390,10 @@ class SummarizeResult(BaseModel):
     summaries: list[SummaryInfo]
     llm_calls: int
     error: str | None = Field(default=None, description="Why some windows were not summarized.")
+    cancelled: bool = Field(default=False, description=_CANCELLED)
+    windows_left: int = Field(
+        default=0, description="Windows a cancelled run left unsummarized; summarizing again writes them."
+    )
     windows: int | None = Field(default=None, description="A dry run: the windows it would summarize.")
     estimate: SpendEstimate | None = Field(
         default=None, description="A dry run: the calls, tokens and cost it would take."
@@ -484,6 +537,12 @@ class StatsResult(BaseModel):
     budget: BudgetStatus | None = Field(
         default=None, description="Today's spend against the daily budgets; null when no budget is set."
     )
+    expired_purged: int = Field(
+        default=0, description="Expired memories the sleep-time job has deleted (add_memory's ttl / expires_at)."
+    )
+    expired_pending: int = Field(
+        default=0, description="Expired memories, hidden already, that the sleep-time job has yet to delete."
+    )
 
 
 # -- export / import (command line) ------------------------------------------------------
@@ -507,4 +566,10 @@ class ImportResult(BaseModel):
     copied: int = Field(
         default=0,
         description="Points whose scope was edited in the file: written as copies under that scope's ids.",
+    )
+    cancelled: bool = Field(default=False, description=_CANCELLED)
+    points_left: int = Field(
+        default=0,
+        description="Points of the file a cancelled import did not write; importing the same file again writes "
+        "them (and the others again, unchanged).",
     )

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from datetime import datetime
 
-from lightmem_mcp.api import FlushResult
+from lightmem_mcp.api import FlushResult, Progress, Stop
 from lightmem_mcp.compressor import Compressor
 from lightmem_mcp.config import PipelineSettings
 from lightmem_mcp.embedder import Embedder
@@ -45,6 +46,41 @@ _RETRY_AFTER_FAILURE_S = 60.0
 _COMPRESS_CHUNK = 64
 # Backlog turns marked pending per store write.
 _REQUEUE_CHUNK = 512
+
+
+@dataclass
+class _Steps:
+    """A flush's batch boundaries: the caller's stop, asked before each compression chunk and each
+    extraction call, and its progress, counted in turns compressed plus turns extracted (so that it
+    only grows)."""
+
+    progress: Progress | None = None
+    stop: Stop | None = None
+    turns: int = 0
+    deferred: int = 0
+    compressed: int = 0
+    extracted: int = 0
+    facts: int = 0
+    cancelled: bool = False
+
+    def go_on(self) -> bool:
+        """At a boundary: whether to start the next batch (no, once the caller has cancelled)."""
+        if not self.cancelled and self.stop is not None and self.stop():
+            self.cancelled = True
+        return not self.cancelled
+
+    def compressed_chunk(self, count: int) -> None:
+        self.compressed += count
+        self._report(f"compressed {self.compressed} of {self.deferred} turns")
+
+    def extracted_batch(self, turns: int, facts: int) -> None:
+        self.extracted += turns
+        self.facts += facts
+        self._report(f"extracted {self.extracted} of {self.turns} turns: {self.facts} facts")
+
+    def _report(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(self.compressed + self.extracted, self.deferred + self.turns, message)
 
 
 @dataclass(frozen=True)
@@ -74,9 +110,12 @@ class ShortTermBuffer:
         leases: Leases,
         lease_ttl_s: float,
         spend: SpendGuard,
+        clock: Callable[[], datetime] = now,
     ) -> None:
         self._settings = settings
         self._store = store
+        # Expired turns are no extraction input: the time they are checked against.
+        self._clock = clock
         self._writer = writer
         self._embedder = embedder
         self._compressor = compressor
@@ -203,14 +242,23 @@ class ShortTermBuffer:
 
     # -- extraction ----------------------------------------------------------------------
 
-    def flush(self, scope: Scope, force: bool = True, backlog: bool = False) -> FlushResult:
+    def flush(
+        self,
+        scope: Scope,
+        force: bool = True,
+        backlog: bool = False,
+        progress: Progress | None = None,
+        stop: Stop | None = None,
+    ) -> FlushResult:
         """Extract the pending turns of exactly this scope (its project included): all of them when
         forced, else whole batches only. With `backlog`, the scope's skipped turns (stored while no
         LLM was configured) are taken too, oldest first, batched as they would have been had they
-        arrived with an LLM configured (see `_rounds`)."""
+        arrived with an LLM configured (see `_rounds`). Once `stop` says so, it stops at the next
+        batch boundary (before a compression chunk or an extraction call); `progress` hears of each."""
         scope = scope.stored
         extracted = facts = calls = taken = 0
         error = None
+        steps = _Steps(progress, stop)
         lease = (
             self._leases.hold(f"extract:{scope_key(scope)}", self._lease_ttl_s) if self.active else nullcontext(True)
         )
@@ -222,6 +270,9 @@ class ShortTermBuffer:
                     error = str(reached)
                 else:
                     taken = self._requeue(scope, self._backlog(scope, 0)) if backlog else 0
+                    pending = self._pending(scope)
+                    steps.turns = len(pending)
+                    steps.deferred = sum(turn.compression == "deferred" for turn in pending)
 
                     def extract(batch: Sequence[Sequence[BufferedTurn]]) -> bool:
                         nonlocal error, calls, facts, extracted
@@ -237,13 +288,24 @@ class ShortTermBuffer:
                             return False
                         calls += tried
                         facts += written
-                        extracted += sum(len(segment) for segment in batch)
+                        turns = sum(len(segment) for segment in batch)
+                        extracted += turns
+                        steps.extracted_batch(turns, written)
                         return True
 
-                    self._rounds(scope, self._pending(scope), bool(taken), force, extract, persist=True)
+                    self._rounds(scope, pending, bool(taken), force, extract, persist=True, steps=steps)
             left = self._pending(scope)
         if facts:
             self._observer.facts_stored(scope, facts)
+        if steps.cancelled:
+            log.info(
+                "flush cancelled after %d of %d turns: %d facts in %d calls, %d turns stay pending",
+                extracted,
+                steps.turns,
+                facts,
+                calls,
+                len(left),
+            )
         return FlushResult(
             extracted_turns=extracted,
             backlog_turns=taken,
@@ -254,6 +316,7 @@ class ShortTermBuffer:
             error=error
             or (None if held else "another replica is extracting this scope now; its turns stay pending until then")
             or (None if self.active else "no LLM configured (LIGHTMEM_LLM_PROVIDER): turns are kept as memories"),
+            cancelled=steps.cancelled,
         )
 
     def plan(self, scope: Scope, backlog: bool = False) -> FlushPlan:
@@ -268,7 +331,7 @@ class ShortTermBuffer:
             prompts.append((extraction_prompt(scope), render_batch(batch)))
             return True
 
-        self._rounds(scope, [*pending, *arriving], bool(arriving), True, render, persist=False)
+        self._rounds(scope, [*pending, *arriving], bool(arriving), True, render, persist=False, steps=_Steps())
         return FlushPlan(
             turns=len(pending) + len(arriving),
             backlog=len(arriving),
@@ -285,20 +348,24 @@ class ShortTermBuffer:
         force: bool,
         extract: Callable[[Sequence[Sequence[BufferedTurn]]], bool],
         persist: bool,
+        steps: _Steps,
     ) -> None:
         """Hand `extract` the batches of `turns`. With `fed` (a backlog), the turns are fed in one at a
         time in conversation order, as adds would have: whole batches each time the buffer fills, so a
         backlog makes the calls its turns would have made on arrival rather than a few oversized ones.
-        Then, when forced, the rest. Stops at the first batch `extract` refuses."""
+        Then, when forced, the rest. Stops at the first batch `extract` refuses, or once `steps` say
+        the caller cancelled (asked between compression chunks and before each batch)."""
         ordered = sorted(turns, key=lambda turn: turn.order)
         waiting: list[Turn] = [] if fed else ordered
         threshold = self._settings.buffer_tokens
 
         def run(whole: bool) -> bool:
             nonlocal waiting
-            waiting = self.compress(scope, waiting, persist)
+            waiting = self.compress(scope, waiting, persist, steps)
+            if steps.cancelled:
+                return False
             for batch in self._batches(waiting, whole):
-                if not extract(batch):
+                if not steps.go_on() or not extract(batch):
                     return False
                 done = {turn.record_id for segment in batch for turn in segment}
                 waiting = [turn for turn in waiting if turn.id not in done]
@@ -338,6 +405,7 @@ class ShortTermBuffer:
             stages=("skipped",),
             exact_scope=True,
             project=scope.project,
+            live_at=to_epoch(self._clock()),
         )
 
     def _requeue(self, scope: Scope, turns: Sequence[Turn]) -> int:
@@ -411,13 +479,18 @@ class ShortTermBuffer:
 
     # -- compression ---------------------------------------------------------------------
 
-    def compress(self, scope: Scope, turns: Sequence[Turn], persist: bool = True) -> list[Turn]:
+    def compress(
+        self, scope: Scope, turns: Sequence[Turn], persist: bool = True, steps: _Steps | None = None
+    ) -> list[Turn]:
         """The turns with the deferred ones compressed (in batched model passes); with `persist`, each
-        chunk's results are written to its turns before the next chunk runs."""
+        chunk's results are written to its turns before the next chunk runs. With `steps`, each chunk
+        is a batch boundary: once the caller cancels, the turns not reached stay deferred."""
         deferred = [i for i, turn in enumerate(turns) if turn.compression == "deferred"]
         done = list(turns)
         exact = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, exact_scope=True, project=scope.project)
         for start in range(0, len(deferred), _COMPRESS_CHUNK):
+            if steps is not None and not steps.go_on():
+                break
             chunk = deferred[start : start + _COMPRESS_CHUNK]
             results = self._compressor.compress_many([turns[i].text for i in chunk])
             for i, result in zip(chunk, results, strict=True):
@@ -431,6 +504,8 @@ class ShortTermBuffer:
                 done[i] = replace(turns[i], payload={**turns[i].payload, **fields})
             if persist:
                 self._observer.turns_compressed([done[i] for i in chunk])
+            if steps is not None:
+                steps.compressed_chunk(len(chunk))
         return done
 
     def _expected_tokens(self, turns: Sequence[Turn]) -> int:
@@ -452,6 +527,7 @@ class ShortTermBuffer:
             stages=("pending",),
             exact_scope=True,
             project=scope.project,
+            live_at=to_epoch(self._clock()),
         )
         found = self._store.scroll(where, _MAX_PENDING_READ)
         return sorted((Turn.read(p) for p in found), key=lambda turn: turn.order)
@@ -484,6 +560,7 @@ def _facts(scope: Scope, drafts: Sequence[DraftFact], turn_ids: tuple[str, ...],
             topic_id=draft.sources[0].topic_id,
             batch_turn_ids=turn_ids,
             llm_call_id=call_id,
+            sources=[turn.lineage for turn in draft.sources],
         )
         facts[fact.id] = fact
     return list(facts.values())

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from contextlib import ExitStack
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from lightmem_mcp import __version__
@@ -328,9 +332,16 @@ def _move(args: argparse.Namespace, memory: Memory, target: Path | None) -> int:
             kinds = ", ".join(f"{n} {kind}" for kind, n in done.by_kind.items()) or "nothing"
             print(f"lightmem-mcp export: {done.points} points ({kinds}) to {args.output}", file=sys.stderr)
         else:
-            with open_export(args.file) as source:
-                result = memory.import_records(source)
+            with open_export(args.file) as source, _interrupt_stops() as interrupted:
+                result = memory.import_records(source, stop=interrupted.is_set)
             copies = f", {result.copied} copied into an edited scope" if result.copied else ""
+            if result.cancelled:
+                print(
+                    f"lightmem-mcp import: interrupted: {result.points} points written from {args.file}"
+                    f"{copies}, {result.points_left} not; import the same file again to write the rest",
+                    file=sys.stderr,
+                )
+                return 130
             print(
                 f"lightmem-mcp import: {result.points} points from {args.file} "
                 f"({result.embedded} embedded here, {result.vectors_kept} vectors kept{copies})",
@@ -349,3 +360,26 @@ def _move(args: argparse.Namespace, memory: Memory, target: Path | None) -> int:
     finally:
         memory.close()
     return 0
+
+
+@contextmanager
+def _interrupt_stops() -> Iterator[threading.Event]:
+    """An event Ctrl-C sets, so that an import stops between two write batches; a second Ctrl-C
+    interrupts at once (the file can be imported again either way)."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted  # signal handlers belong to the main thread
+        return
+
+    def stop_softly(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+        signal.signal(signal.SIGINT, previous)
+        print("lightmem-mcp import: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    found = signal.getsignal(signal.SIGINT)
+    previous = signal.default_int_handler if found is None else found  # None: not set from Python
+    signal.signal(signal.SIGINT, stop_softly)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)

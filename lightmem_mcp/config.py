@@ -382,6 +382,12 @@ class SleepSettings(_Section):
     interval_minutes: float = Field(default=0, ge=0, description="Run every this many minutes; 0 turns it off.")
     after_facts: int = Field(default=0, ge=0, description="Also run for a scope after this many new facts; 0: off.")
     summarize: bool = Field(default=True, description="Also summarize each day with new facts.")
+    purge_interval_minutes: float = Field(
+        default=60,
+        ge=0,
+        description="Delete expired memories every this many minutes, with or without an LLM or the schedule "
+        "above; 0: only in the scheduled runs.",
+    )
 
 
 class BudgetSettings(_Section):

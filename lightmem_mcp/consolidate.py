@@ -14,8 +14,10 @@ How a run goes, per user:
    update (merge the newer detail in), delete (a direct contradiction: the newer fact wins) or
    ignore.
 4. An update writes a new version (deterministic id, fresh vectors) and only then supersedes the
-   target; a delete supersedes the target by the newer fact. Candidates are marked
-   `stage = "consolidated"` once every group of the user is decided.
+   target; a delete supersedes the target by the newer fact. Each group's decisions are applied
+   before the next call. Candidates are marked `stage = "consolidated"` once every group of the
+   user is decided; a cancelled run (stopped before a call) marks those whose groups were all
+   decided, so the next run decides only the rest.
 
 Crash safety: the new version's id depends only on the target and the facts that updated it, so
 a run interrupted anywhere and run again writes the same records, never duplicates. Progress
@@ -26,8 +28,9 @@ replicas stay correct.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -38,6 +41,7 @@ from lightmem_mcp.api import (
     ConsolidationChange,
     HistoryEntry,
     Progress,
+    Stop,
 )
 from lightmem_mcp.config import ConsolidationSettings, PriceSettings
 from lightmem_mcp.embedder import Embedder
@@ -107,6 +111,16 @@ class _RunTally:
     superseded: int = 0
     ignored: int = 0
     changes: list[ConsolidationChange] = field(default_factory=list)
+    groups: int = 0  # of targets, one call each, in the users reached
+    decided: int = 0
+    undecided: int = 0  # targets left by a cancelled run
+    cancelled: bool = False
+
+    def stopped(self, stop: Stop | None) -> bool:
+        """At a boundary (before a call, or a user): whether the caller has cancelled."""
+        if not self.cancelled and stop is not None and stop():
+            self.cancelled = True
+        return self.cancelled
 
 
 class Consolidator:
@@ -122,8 +136,11 @@ class Consolidator:
         leases: Leases,
         lease_ttl_s: float,
         prices: PriceSettings,
+        clock: Callable[[], datetime] = now,
     ) -> None:
         self._settings = settings
+        # Expired facts are neither checked nor offered as targets: the time they are checked against.
+        self._clock = clock
         self._prices = prices  # a dry run's estimate
         self._store = store
         self._writer = writer
@@ -141,8 +158,10 @@ class Consolidator:
         until_ts: float | None = None,
         dry_run: bool = False,
         progress: Progress | None = None,
+        stop: Stop | None = None,
     ) -> ConsolidateResult:
-        """Consolidate the facts of `scope` (every user when None) whose event time is in range."""
+        """Consolidate the facts of `scope` (every user when None) whose event time is in range. Once
+        `stop` says so, the run ends before its next LLM call (or user), every decided group applied."""
         if not self._llm.configured:
             raise BackendUnavailable(
                 "consolidation needs an LLM to judge updates: set LIGHTMEM_LLM_PROVIDER (and its key)"
@@ -154,24 +173,39 @@ class Consolidator:
             scopes = [scope]
         tally = _RunTally()
         error = None
-        busy = 0
+        busy = left = 0
         # Progress only ever grows: per group of targets for one scope, per user for everyone.
         per_group = progress if len(scopes) == 1 else None
         for index, each in enumerate(scopes):
+            if tally.stopped(stop):
+                left = len(scopes) - index
+                break
             lease = self._leases.hold(f"consolidate:{scope_key(Scope(each.user_id))}", self._lease_ttl_s)
             try:
                 with lease as held:
                     if held or dry_run:
-                        self._run_scope(each, since_ts, until_ts, dry_run, tally, per_group)
+                        self._run_scope(each, since_ts, until_ts, dry_run, tally, per_group, stop)
                     else:
                         busy += 1
             except BackendUnavailable as exc:
                 error = str(exc)
                 break
+            if tally.cancelled:
+                left = len(scopes) - index - 1
+                break
             if progress is not None and per_group is None:
                 progress(index + 1, len(scopes), f"consolidated {index + 1} of {len(scopes)} users")
-        if per_group is not None and not tally.calls and error is None:
+        if per_group is not None and not tally.calls and error is None and not tally.cancelled:
             per_group(1, 1, "nothing to consolidate")
+        if tally.cancelled:
+            log.info(
+                "consolidate cancelled after %d of %d batches: %d facts changed, %d targets and %d users left",
+                tally.decided,
+                tally.groups,
+                tally.updated + tally.superseded,
+                tally.undecided,
+                left,
+            )
         return ConsolidateResult(
             dry_run=dry_run,
             users=len(scopes),
@@ -184,6 +218,9 @@ class Consolidator:
             ignored=tally.ignored,
             changes=tally.changes[:MAX_REPORTED_CHANGES],
             error=error,
+            cancelled=tally.cancelled,
+            undecided_targets=tally.undecided,
+            users_left=left,
             estimate=estimate(
                 self._prices,
                 self._llm.provider,
@@ -204,6 +241,7 @@ class Consolidator:
         dry_run: bool,
         tally: _RunTally,
         progress: Progress | None,
+        stop: Stop | None,
     ) -> None:
         candidates = self._candidates(scope, since_ts, until_ts)
         if not candidates:
@@ -218,7 +256,17 @@ class Consolidator:
         for target in targets:
             tiers.setdefault(target.fact.scope.project, []).append(target)
         groups = [(project, same[i : i + size]) for project, same in tiers.items() for i in range(0, len(same), size)]
+        tally.groups += len(groups)
+        # The last group deciding a target of each candidate: past it, the candidate is done.
+        last: dict[str, int] = {}
+        for index, (_, group) in enumerate(groups):
+            last.update((newer.id, index) for target in group for _, newer in target.newer)
+        decided = len(groups)
         for number, (project, group) in enumerate(groups, start=1):
+            if tally.stopped(stop):
+                decided = number - 1
+                tally.undecided += sum(len(rest) for _, rest in groups[decided:])
+                break
             decisions, call = self._decide(replace(scope, project=project), group)
             tally.calls += 1
             tally.prompt_tokens += call.usage.prompt_tokens
@@ -237,10 +285,11 @@ class Consolidator:
                     tally.updated += 1
                 else:
                     tally.superseded += 1
+            tally.decided += 1
             if progress is not None:
                 progress(number, len(groups), f"user {scope.user_id}: decided {number} of {len(groups)} groups")
         if not dry_run:
-            ids = tuple(fact.id for fact in candidates)
+            ids = tuple(fact.id for fact in candidates if last.get(fact.id, -1) < decided)
             # One time for the whole run: every candidate was checked by it.
             at = to_epoch(now())
             for start in range(0, len(ids), 1000):
@@ -260,6 +309,7 @@ class Consolidator:
             since_ts=since_ts,
             until_ts=until_ts,
             project=scope.project,
+            live_at=to_epoch(self._clock()),
         )
         found = self._store.scroll(where, _MAX_FACTS, with_vectors=True)
         return sorted((Fact.read(p) for p in found), key=lambda f: f.order)
@@ -267,6 +317,7 @@ class Consolidator:
     def _queue(self, scope: Scope, candidates: Sequence[Fact]) -> list[_Target]:
         """Older facts, each with its best newer candidates, oldest target first."""
         targets: dict[str, _Target] = {}
+        live_at = to_epoch(self._clock())
         for newer in candidates:
             vector = newer.dense or self._embedder.embed_query(newer.text)
             # Older facts of the same user (and agent, when the fact has one), in any session, and
@@ -279,6 +330,7 @@ class Consolidator:
                 until_ts=newer.event_ts,
                 project=newer.scope.project or GLOBAL,
                 exact_project=True,
+                live_at=live_at,
             )
             for point in self._store.nearest(vector, where, self._settings.top_k):
                 older = Fact.read(point)

@@ -39,8 +39,16 @@ def session_run(turns: Sequence[Turn], index: int, before: int, after: int, gap_
     return list(turns[start : end + 1])
 
 
-def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: float) -> list[Turn]:
-    """The turns of exactly this scope said between the two times, in conversation order."""
+def turns_near(
+    store: VectorStore,
+    scope: Scope,
+    since_ts: float,
+    until_ts: float,
+    live_at: float | None = None,
+    metadata_pairs: tuple[str, ...] = (),
+) -> list[Turn]:
+    """The turns of exactly this scope said between the two times, in conversation order; with
+    `live_at`, those not expired then, and with `metadata_pairs`, those holding that metadata."""
     where = RecordFilter(
         scope.user_id,
         scope.agent_id,
@@ -50,6 +58,8 @@ def turns_near(store: VectorStore, scope: Scope, since_ts: float, until_ts: floa
         until_ts=until_ts,
         exact_scope=True,
         project=scope.project,
+        live_at=live_at,
+        metadata_pairs=metadata_pairs,
     )
     return sorted((Turn.read(p) for p in store.scroll(where, _MAX_READ)), key=lambda t: t.order)
 
@@ -61,9 +71,11 @@ def preceding(
     count: int,
     gap_s: float,
     exclude: Collection[str] = (),
+    live_at: float | None = None,
 ) -> list[Turn]:
     """Up to `count` turns of the scope's conversation that came right before `key`, oldest first,
-    within the same session; records in `exclude` (those being rewritten) are passed over."""
+    within the same session; records in `exclude` (those being rewritten) are passed over, and with
+    `live_at`, those expired then."""
     if count <= 0:
         return []
     event_ts = key[0]
@@ -76,6 +88,7 @@ def preceding(
         until_ts=event_ts,
         exact_scope=True,
         project=scope.project,
+        live_at=live_at,
     )
     # The newest few by event time are enough, unless they all share one time (a session stored
     # with one date): then read every turn of that time, to order them by when they were stored.

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from lightmem_mcp.llm import LLMClient
-from lightmem_mcp.records import LLMCall, Scope, Turn
+from lightmem_mcp.records import Lineage, LLMCall, Scope, Turn
 from lightmem_mcp.timestamps import from_epoch
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,10 @@ class ExtractionAnswer(BaseModel):
     facts: list[ExtractedFact]
 
 
+# A turn made up outside the store (a benchmark's) hands down no metadata and never expires.
+_NO_LINEAGE = Lineage((0.0, 0.0, 0, ""))
+
+
 @dataclass(frozen=True)
 class BufferedTurn:
     """A pending turn as the extractor sees it."""
@@ -89,6 +93,8 @@ class BufferedTurn:
     text: str
     event_time: datetime
     topic_id: str
+    # What the turn hands down to the facts extracted from it (the caller's metadata, its expiry).
+    lineage: Lineage = _NO_LINEAGE
 
     @classmethod
     def of(cls, turn: Turn, topic_id: str = "", said: bool = False) -> BufferedTurn:
@@ -102,6 +108,7 @@ class BufferedTurn:
             text=turn.said if said else turn.for_extraction,
             event_time=from_epoch(turn.event_ts),
             topic_id=topic_id,
+            lineage=turn.lineage,
         )
 
 

@@ -53,6 +53,7 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Scope as ASGIScope
 
 from lightmem_mcp.auth import RequestToken, build_verifier
+from lightmem_mcp.calls import InFlight
 from lightmem_mcp.config import HttpSettings, Settings
 from lightmem_mcp.jsonrpc import Refusal, id_refusal
 from lightmem_mcp.memory import Memory
@@ -132,7 +133,11 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
             host=http.host,
         )
 
-    edge: ASGIApp = NoGetStream(mcp_app) if transport == "http" else SseHostCheck(OneResponse(mcp_app), security)
+    edge: ASGIApp = (
+        CancelNotices(NoGetStream(mcp_app), server.calls.in_flight)
+        if transport == "http"
+        else SseHostCheck(OneResponse(mcp_app), security)
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -306,6 +311,65 @@ class NoGetStream:
             await refused(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+
+class CancelNotices:
+    """ASGI guard: a `notifications/cancelled` POSTed to the stateless `/mcp` reaches the call it names.
+
+    Over stateless HTTP every POST stands alone, so the SDK cannot tie a cancellation to the request
+    it names, and a cancelled consolidation ran on to the end. This looks the request up among the
+    calls in flight (`InFlight`, by the caller's bearer token and the request id) and tells it to
+    stop at its next batch boundary; the POST then goes on to the SDK, which accepts it. A replica
+    only knows its own calls: behind a load balancer the notice must reach the replica running it.
+    """
+
+    def __init__(self, app: ASGIApp, in_flight: InFlight) -> None:
+        self._app = app
+        self._in_flight = in_flight
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        """Read a POST's body; stop the calls it cancels; replay it to the app."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != MCP_PATH:
+            await self._app(scope, receive, send)
+            return
+        received: deque[ASGIMessage] = deque()
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in received)
+        if b"notifications/cancelled" in body:
+            credential = _bearer(Request(scope).headers.get("authorization", ""))
+            for request_id in _cancelled_ids(body):
+                self._in_flight.cancel((credential, request_id))
+
+        async def replay() -> ASGIMessage:
+            return received.popleft() if received else await receive()
+
+        await self._app(scope, replay, send)
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _cancelled_ids(body: bytes) -> list[str]:
+    """The request ids a JSON-RPC message (or batch) cancels."""
+    try:
+        raw = pydantic_core.from_json(body)
+    except ValueError:
+        return []
+    messages = raw if isinstance(raw, list) else [raw]
+    return [
+        str(message["params"]["requestId"])
+        for message in messages
+        if isinstance(message, dict)
+        and message.get("method") == "notifications/cancelled"
+        and isinstance(message.get("params"), dict)
+        and isinstance(message["params"].get("requestId"), str | int)
+    ]
 
 
 class SseHostCheck:

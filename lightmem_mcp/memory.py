@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TextIO
+from typing import TextIO, cast
 
 from lightmem_mcp.api import (
     AddResult,
@@ -33,7 +34,10 @@ from lightmem_mcp.api import (
     SearchResult,
     SpendEstimate,
     StatsResult,
+    Stop,
+    Suggestion,
     SummarizeResult,
+    SummaryInfo,
     Window,
     WindowTurn,
 )
@@ -45,6 +49,7 @@ from lightmem_mcp.conversation import preceding, session_run, session_tail, turn
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import InvalidInput, NotFound
 from lightmem_mcp.events import MemoryObserver, Observers
+from lightmem_mcp.expiry import ExpiryPurger
 from lightmem_mcp.extractor import EXTRACTION_PURPOSE, FactExtractor
 from lightmem_mcp.fusion import Ranking, fuse
 from lightmem_mcp.indexing import CONTEXT_TURNS, RecordWriter, context_line, is_long, store_layout
@@ -68,11 +73,16 @@ from lightmem_mcp.records import (
     Fact,
     FoundPoint,
     Kind,
+    MetadataValue,
     Record,
     RecordFilter,
     Scope,
+    Summary,
     Turn,
+    check_metadata,
+    expiry,
     is_blank,
+    metadata_pairs,
     view,
 )
 from lightmem_mcp.redact import SecretRedactor
@@ -88,6 +98,10 @@ from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, 
 from lightmem_mcp.transfer import export_points, import_points
 
 _MAX_VERSIONS = 100
+# Newest summaries read to pick one window's (a scope holds a few hundred at most).
+SUMMARIES_READ = 1_000
+# Newest records read to suggest argument values (session ids, projects, topics) from.
+SUGGESTIONS_READ = 2_000
 # Speaker names looked at to tell whether a query names one.
 _MAX_SPEAKERS = 256
 # Scopes read at once when looking for a backlog.
@@ -108,8 +122,9 @@ class Memory:
         clock: Callable[[], datetime] = now,
     ) -> None:
         """Wire the stages over an open store: the one place that does (see `open` and `open_idle`).
-        `clock` tells the daily budgets what day it is."""
+        `clock` tells the daily budgets what day it is, and every read which memories have expired."""
         self._settings = settings
+        self._clock = clock
         self._limits = settings.limits
         self.redactor = SecretRedactor(settings.redaction)
         self.embedder = embedder
@@ -148,12 +163,24 @@ class Memory:
             self.leases,
             lease_ttl_s,
             self.spend,
+            clock,
         )
         self.consolidator = Consolidator(
-            settings.consolidation, store, self.writer, embedder, self.llm, self.leases, lease_ttl_s, settings.price
+            settings.consolidation,
+            store,
+            self.writer,
+            embedder,
+            self.llm,
+            self.leases,
+            lease_ttl_s,
+            settings.price,
+            clock,
         )
-        self.summarizer = Summarizer(settings.summary, store, self.writer, embedder, self.llm, self.compressor.counter)
-        self.sleep = SleepSchedule(settings.sleep, store, self.consolidator, self.summarizer)
+        self.summarizer = Summarizer(
+            settings.summary, store, self.writer, embedder, self.llm, self.compressor.counter, clock
+        )
+        self.purger = ExpiryPurger(store, self.leases, lease_ttl_s, clock)
+        self.sleep = SleepSchedule(settings.sleep, store, self.consolidator, self.summarizer, self.purger)
         self.events.add(self.sleep)
         for observer in observers:
             self.events.add(observer)
@@ -174,8 +201,7 @@ class Memory:
         memory = cls(settings, embedder, store, lexical, compressor, observers)
         memory.reindex()
         memory.buffer.resume()  # a restart picks up buffers that filled before it
-        if memory.llm.configured:
-            memory.sleep.start()
+        memory.sleep.start(llm=memory.llm.configured)
         return memory
 
     @classmethod
@@ -197,9 +223,20 @@ class Memory:
 
     # -- writing -------------------------------------------------------------------------
 
-    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult:
-        """Store each message as a `turn` record, durable and searchable when this returns."""
+    def add(
+        self,
+        messages: Sequence[Message],
+        scope: Scope,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        expires_at: str | None = None,
+        ttl: int | None = None,
+    ) -> AddResult:
+        """Store each message as a `turn` record, durable and searchable when this returns. `metadata`
+        goes on every message (and the facts and summaries made from them); `expires_at` (a time) or
+        `ttl` (seconds from now) ends them: hidden from then on, deleted by the sleep-time job."""
         _check_scope(scope)
+        checked = check_metadata(metadata)
+        expires = expiry(expires_at, ttl, self._clock())
         if not messages:
             raise InvalidInput("messages", "empty list: send at least one message")
         if len(messages) > self._limits.max_messages_per_call:
@@ -263,6 +300,8 @@ class Memory:
                     tokens_compressed=tokens,
                     compression=self._compression_plan(fed),
                     redactions=redactions[position],
+                    metadata=checked,
+                    expires_at=expires,
                 )
             )
         turns = self._with_context(scope, turns)
@@ -276,7 +315,9 @@ class Memory:
         earlier messages of this call), as the `context` its index text carries."""
         gap_s = self._settings.search.session_gap_minutes * 60
         ids = {turn.id for turn in turns}
-        earlier = preceding(self.store, scope, turns[0].order, CONTEXT_TURNS, gap_s, exclude=ids)
+        earlier = preceding(
+            self.store, scope, turns[0].order, CONTEXT_TURNS, gap_s, exclude=ids, live_at=self._live_at()
+        )
         written: list[Turn] = []
         for turn in turns:
             before = session_tail(earlier, turn.event_ts, CONTEXT_TURNS, gap_s)
@@ -291,14 +332,23 @@ class Memory:
             return "not_extracted"
         return "disabled" if self.compressor.status == "disabled" else "deferred"
 
-    def flush(self, scope: Scope, backlog: bool = False, dry_run: bool = False) -> FlushResult:
+    def flush(
+        self,
+        scope: Scope,
+        backlog: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        *,
+        stop: Stop | None = None,
+    ) -> FlushResult:
         """Segment and extract every pending turn of exactly this scope now; with `backlog`, also the
         turns stored while no LLM was configured, oldest first. A dry run changes nothing and says
-        what it would take: turns, calls, tokens and the estimated cost."""
+        what it would take: turns, calls, tokens and the estimated cost. Once `stop` says so, the
+        flush ends at the next batch boundary: each batch is whole, the rest stays pending."""
         _check_scope(scope)
         if dry_run:
             return self._plan_flush(scope, backlog)
-        return self.buffer.flush(scope, force=True, backlog=backlog)
+        return self.buffer.flush(scope, force=True, backlog=backlog, progress=progress, stop=stop)
 
     def backlog_scopes(self, user_id: str | None = None) -> list[Scope]:
         """The exact scopes holding skipped turns (stored while no LLM was configured), of one user or all."""
@@ -339,12 +389,17 @@ class Memory:
         until: str | None = None,
         dry_run: bool = False,
         progress: Progress | None = None,
+        *,
+        stop: Stop | None = None,
     ) -> ConsolidateResult:
-        """Let newer facts update or supersede older ones, for one scope or (None) every user."""
+        """Let newer facts update or supersede older ones, for one scope or (None) every user. Once
+        `stop` says so, the run ends at the next LLM call: each decided group stays applied."""
         if scope is not None:
             _check_scope(scope)
         since_ts, until_ts = _time_range(since, until)
-        return self.consolidator.run(scope, since_ts=since_ts, until_ts=until_ts, dry_run=dry_run, progress=progress)
+        return self.consolidator.run(
+            scope, since_ts=since_ts, until_ts=until_ts, dry_run=dry_run, progress=progress, stop=stop
+        )
 
     def summarize(
         self,
@@ -355,9 +410,12 @@ class Memory:
         topic: str | None = None,
         progress: Progress | None = None,
         dry_run: bool = False,
+        *,
+        stop: Stop | None = None,
     ) -> SummarizeResult:
         """Write one summary record per window (session, day, week or all) of the scope's memories; a
-        dry run writes and calls nothing and says what it would take."""
+        dry run writes and calls nothing and says what it would take. Once `stop` says so, the run
+        ends before the next window."""
         _check_scope(scope)
         since_ts, until_ts = _time_range(since, until)
         if topic is not None and is_blank(topic):
@@ -374,9 +432,9 @@ class Memory:
                 estimate=self._estimate(scope, SUMMARY_PURPOSE, prompts),
             )
         result = self.summarizer.run(
-            scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, progress=progress
+            scope, window=window, since_ts=since_ts, until_ts=until_ts, topic=topic, progress=progress, stop=stop
         )
-        if not result.summaries and result.error is None:
+        if not result.summaries and result.error is None and not result.cancelled:
             raise InvalidInput(
                 "scope",
                 "nothing to summarize: no memories in this scope and time range" + (" on this topic" if topic else ""),
@@ -394,7 +452,13 @@ class Memory:
             edges = [versions[i] for i in frontier]
             linked = {i for version in edges if isinstance(version, Fact) for i in version.supersedes}
             linked |= {v.superseded_by for v in edges if v.superseded_by}
-            where = RecordFilter(scope.user_id, kinds=KINDS, superseded_by=tuple(frontier), project=scope.project)
+            where = RecordFilter(
+                scope.user_id,
+                kinds=KINDS,
+                superseded_by=tuple(frontier),
+                project=scope.project,
+                live_at=self._live_at(),
+            )
             replaced = [view(p) for p in self.store.scroll(where, _MAX_VERSIONS)]
             linked -= versions.keys()
             fetched = (
@@ -452,7 +516,7 @@ class Memory:
             return SearchResult(hits=hits)
         windows: list[ContextWindow] = []
         read: dict[tuple[Scope, float, float], list[Turn]] = {}
-        for run, members in _merged([(i, self._window(r, context, read)) for i, r in enumerate(found)]):
+        for run, members in _merged([(i, self._window(r, context, read, where)) for i, r in enumerate(found)]):
             hit_ids = {found[i].id for i in members}
             for i in members:
                 hits[i].window = len(windows)
@@ -491,7 +555,7 @@ class Memory:
         read: dict[tuple[Scope, float, float], list[Turn]] = {}
         return pack(
             found,
-            lambda hit: _short_neighbours(self._window(hit, context, read), hit) if context else [hit],
+            lambda hit: _short_neighbours(self._window(hit, context, read, where), hit) if context else [hit],
             max_tokens,
             self.compressor.counter.count,
             self._settings.search.session_gap_minutes * 60,
@@ -547,16 +611,20 @@ class Memory:
         named = {term for name in speakers for term in self.lexical.query_terms(name)}
         return not named.isdisjoint(terms)
 
-    def _window(self, hit: Record, context: int, read: dict[tuple[Scope, float, float], list[Turn]]) -> list[Record]:
+    def _window(
+        self, hit: Record, context: int, read: dict[tuple[Scope, float, float], list[Turn]], where: RecordFilter
+    ) -> list[Record]:
         """The hit and up to `context` turns before and after it in its session; just the hit when it
-        is not a turn. `read` keeps the turns already read for this call: hits cluster in sessions."""
+        is not a turn. `read` keeps the turns already read for this call: hits cluster in sessions.
+        The turns around a hit are live ones holding the metadata the search asked for (`where`), as
+        the hits are: a window never shows what the filter left out."""
         if not isinstance(hit, Turn):
             return [hit]
         gap_s = self._settings.search.session_gap_minutes * 60
         span = context * gap_s
         key = (hit.scope, hit.event_ts - span, hit.event_ts + span)
         if key not in read:
-            read[key] = turns_near(self.store, *key)
+            read[key] = turns_near(self.store, *key, live_at=where.live_at, metadata_pairs=where.metadata_pairs)
         near = read[key]
         index = next((i for i, turn in enumerate(near) if turn.id == hit.id), None)
         if index is None:  # deleted between the ranking and now
@@ -578,10 +646,13 @@ class Memory:
         limit: int = 20,
         cursor: str | None = None,
         include_superseded: bool = False,
+        metadata: Mapping[str, MetadataValue] | None = None,
     ) -> ListResult:
-        """One page of records, newest event first; superseded facts only when asked."""
+        """One page of records, newest event first; superseded facts only when asked; with `metadata`,
+        only records whose metadata holds every one of those pairs."""
         _check_scope(scope)
         self._check_limit(limit)
+        pairs = metadata_pairs(check_metadata(metadata))
         before_ts, skip = _decode_cursor(cursor) if cursor else (None, [])
         where = RecordFilter(
             user_id=scope.user_id,
@@ -590,6 +661,8 @@ class Memory:
             kinds=tuple(kinds or KINDS),
             statuses=() if include_superseded else ("active",),
             project=scope.project,
+            metadata_pairs=pairs,
+            live_at=self._live_at(),
         )
         page = [view(p) for p in self.store.scroll(where, limit + 1, before_ts, skip)]
         more = len(page) > limit
@@ -605,10 +678,54 @@ class Memory:
         return ListResult(records=[_record(r) for r in page], next_cursor=next_cursor)
 
     def count(self, scope: Scope) -> int:
-        """How many records the scope reads (a project's and the global tier's)."""
+        """How many records the scope reads (a project's and the global tier's), expired ones left out."""
         _check_scope(scope)
-        where = RecordFilter(scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project)
+        where = RecordFilter(
+            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project, live_at=self._live_at()
+        )
         return self.store.count(where)
+
+    def summaries(self, scope: Scope, window: Window | None = None, limit: int = 20) -> builtins.list[SummaryInfo]:
+        """The scope's summaries (of one window kind, when given), newest period first."""
+        _check_scope(scope)
+        where = RecordFilter(
+            scope.user_id,
+            scope.agent_id,
+            scope.session_id,
+            kinds=("summary",),
+            statuses=("active",),
+            project=scope.project,
+            live_at=self._live_at(),
+        )
+        found = [r for r in map(view, self.store.scroll(where, SUMMARIES_READ)) if isinstance(r, Summary)]
+        chosen = [s for s in found if window is None or s.window == window]
+        chosen.sort(key=lambda s: (s.window_end_ts, s.updated_ts), reverse=True)
+        return [_summary_view(s) for s in chosen[:limit]]
+
+    def forget_preview(self, scope: Scope) -> dict[str, int]:
+        """What `forget` of the scope would delete: records by kind (kinds with none left out)."""
+        _check_scope(scope)
+        where = RecordFilter.owned_by(scope)
+        counts = {kind: self.store.count(replace(where, kinds=(kind,))) for kind in KINDS}
+        return {kind: n for kind, n in counts.items() if n}
+
+    def suggest(self, scope: Scope, field: Suggestion, prefix: str = "", limit: int = 100) -> builtins.list[str]:
+        """Values of `field` seen in the scope's newest records that start with `prefix` (case
+        ignored), most recent first: what a client offers when completing an argument."""
+        _check_scope(scope)
+        kinds: tuple[str, ...] = ("summary",) if field == "topic" else KINDS
+        where = RecordFilter(
+            scope.user_id, scope.agent_id, scope.session_id, kinds=kinds, project=scope.project, live_at=self._live_at()
+        )
+        wanted = prefix.casefold()
+        seen: dict[str, None] = {}
+        for point in self.store.scroll(where, SUGGESTIONS_READ):
+            value = point.payload.get(SPEAKER_FIELD if field == "speaker" else field)
+            if isinstance(value, str) and value and value.casefold().startswith(wanted):
+                seen.setdefault(value)
+                if len(seen) >= limit:
+                    break
+        return list(seen)
 
     # -- deleting ------------------------------------------------------------------------
 
@@ -659,13 +776,24 @@ class Memory:
                 ) from None
         unique = tuple(dict.fromkeys(ids))
         where = RecordFilter(
-            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, ids=unique, project=scope.project
+            scope.user_id,
+            scope.agent_id,
+            scope.session_id,
+            kinds=KINDS,
+            ids=unique,
+            project=scope.project,
+            live_at=self._live_at(),
         )
         return {p.id: view(p) for p in self.store.scroll(where, len(unique))}
+
+    def _live_at(self) -> float:
+        """Now by the clock, in epoch seconds: reads leave out what has expired by then."""
+        return to_epoch(self._clock())
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
         filters = filters or SearchFilters()
         bounds = _time_range(filters.since, filters.until, "filters.")
+        pairs = metadata_pairs(check_metadata(filters.metadata, "filters.metadata"))
         return RecordFilter(
             user_id=scope.user_id,
             agent_id=scope.agent_id,
@@ -677,6 +805,8 @@ class Memory:
             since_ts=bounds[0],
             until_ts=bounds[1],
             project=scope.project,
+            metadata_pairs=pairs,
+            live_at=self._live_at(),
         )
 
     def _check_limit(self, limit: int) -> None:
@@ -695,7 +825,7 @@ class Memory:
     def stats(self, scope: Scope) -> StatsResult:
         """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
         _check_scope(scope)
-        result = collect_stats(self.store, scope, self._settings.price, self.compressor.counter)
+        result = collect_stats(self.store, scope, self._settings.price, self.compressor.counter, self._clock())
         budget = self.spend.status(scope.user_id) if self.spend.enabled else None
         return result.model_copy(update={"budget": budget})
 
@@ -705,9 +835,14 @@ class Memory:
             _check_scope(scope)
         return export_points(self.store, self._layout(), out, scope, vectors)
 
-    def import_records(self, source: TextIO) -> ImportResult:
-        """Restore an export: validated whole first, then upserted with the same ids, re-embedded when needed."""
-        return import_points(self.store, self.writer, self._layout(), source, self._limits, self.redactor)
+    def import_records(
+        self, source: TextIO, progress: Progress | None = None, *, stop: Stop | None = None
+    ) -> ImportResult:
+        """Restore an export: validated whole first, then upserted with the same ids, re-embedded when needed.
+        Once `stop` says so, the import ends at the next write batch; importing the file again finishes it."""
+        return import_points(
+            self.store, self.writer, self._layout(), source, self._limits, self.redactor, progress=progress, stop=stop
+        )
 
     def _layout(self) -> StoreLayout:
         return store_layout(self.embedder, self.lexical)
@@ -801,6 +936,21 @@ def _time_range(since: str | None, until: str | None, prefix: str = "") -> tuple
     return bounds[0], bounds[1]
 
 
+def _summary_view(summary: Summary) -> SummaryInfo:
+    return SummaryInfo(
+        id=summary.id,
+        text=summary.text,
+        method="llm" if summary.method == "llm" else "extractive",
+        window=cast(Window, summary.window),
+        window_key=summary.window_key,
+        topic=summary.topic,
+        start=from_epoch(summary.window_start_ts),
+        end=from_epoch(summary.window_end_ts),
+        covered_ids=summary.covered_ids,
+        source_ids=summary.source_ids,
+    )
+
+
 def _record(record: Record) -> MemoryRecord:
     scope = record.scope
     return MemoryRecord.model_validate(
@@ -823,6 +973,8 @@ def _record(record: Record) -> MemoryRecord:
             "event_time": record.event_time,
             "created_at": from_epoch(record.created_ts),
             "updated_at": from_epoch(record.updated_ts),
+            "metadata": record.metadata,
+            "expires_at": record.expires_at,
         }
     )
 
@@ -841,6 +993,8 @@ def _hit(record: Record) -> SearchHit:
             "project": record.scope.project,
             "tier": record.tier,
             "source_ids": record.source_ids,
+            "metadata": record.metadata,
+            "expires_at": record.expires_at,
         }
     )
 

@@ -9,17 +9,21 @@ back is in `lightmem_mcp.api`.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lightmem_mcp.timestamps import from_epoch
+from lightmem_mcp.errors import InvalidInput
+from lightmem_mcp.timestamps import ACCEPTED, MAX_TIME_CHARS, from_epoch, parse_timestamp, to_epoch
 
 Role = Literal["user", "assistant", "system", "tool"]
 Kind = Literal["turn", "fact", "summary"]
@@ -38,6 +42,20 @@ MAX_SPEAKERS = 100
 
 ScopeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f]+$")]
 Speaker = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+
+# The caller's metadata on a memory: string keys to scalar values, the same on every message of one
+# add_memory call, handed down to the facts and summaries made from it (see `inherited`), and matched
+# by equality in search, recall and list filters.
+MetadataValue = str | int | float | bool
+MAX_METADATA_KEYS = 16
+# Letters, digits, _ and -, starting with a letter or _; no dots, which would read as payload paths.
+METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+MAX_METADATA_VALUE_CHARS = 256
+# The whole mapping as compact JSON (UTF-8).
+MAX_METADATA_BYTES = 4096
+# A memory's lifetime given as `ttl`: whole seconds, from one second to 100 years of 365.25 days.
+MIN_TTL_S = 1
+MAX_TTL_S = 3_155_760_000
 
 
 def is_blank(text: str) -> bool:
@@ -95,6 +113,13 @@ class RecordFilter:
     project: str | None = None
     # True: a project id means that project alone, without the global tier (as in an exact scope).
     exact_project: bool = False
+    # Only records whose caller metadata holds every one of these pairs (`metadata_pairs` of a mapping).
+    metadata_pairs: tuple[str, ...] = ()
+    # Only records alive at this time (epoch seconds): no expiry, or one after it. None: expired
+    # records too (the purge, export, accounting, the pipeline's own bookkeeping writes).
+    live_at: float | None = None
+    # Only records expired at this time (epoch seconds): an expiry at or before it (the purge).
+    expired_at: float | None = None
 
     @classmethod
     def owned_by(cls, scope: Scope) -> RecordFilter:
@@ -135,6 +160,10 @@ class RecordFilter:
             ("superseded_by", self.superseded_by),
         )
         return [(key, list(values)) for key, values in fields if values]
+
+    def all_of(self) -> list[tuple[str, str]]:
+        """(field, value) pairs where a keyword list field must hold every value: the metadata pairs."""
+        return [(METADATA_PAIRS_FIELD, pair) for pair in self.metadata_pairs]
 
 
 @dataclass(frozen=True)
@@ -241,6 +270,13 @@ LEDGER_KIND = "llm_call"
 PROJECT_FIELD = "project"
 # The payload field of speaker names, read as a facet to tell whether a query names one.
 SPEAKER_FIELD = "speaker"
+# The caller's metadata as given; the same pairs as an indexed keyword list that filters match (see
+# `metadata_pair`); and the expiry, as ISO 8601 like `event_time` and in epoch seconds for range filters.
+METADATA_FIELD = "metadata"
+METADATA_PAIRS_FIELD = "metadata_pairs"
+EXPIRES_AT_FIELD = "expires_at"
+EXPIRES_FIELD = "expires_ts"
+_CALLER_FIELDS = (METADATA_FIELD, METADATA_PAIRS_FIELD, EXPIRES_AT_FIELD, EXPIRES_FIELD)
 PROGRESS_KIND = "progress"
 
 # Stage of a turn: waiting for extraction, turned into facts, or kept as a memory only.
@@ -325,6 +361,147 @@ def has_words(payload: Mapping[str, object]) -> bool:
 # When a record happened, then when it was stored, then its place in its add_memory call, then its
 # id: the one order of records (conversation order for turns).
 Order = tuple[float, float, int, str]
+
+
+# -- the caller's metadata and expiry ---------------------------------------------------------
+
+
+def check_metadata(metadata: object, field: str = "metadata") -> dict[str, MetadataValue]:
+    """The caller's metadata (None: none), checked against the limits above; raises `InvalidInput`
+    naming the field (`metadata.<key>` for a key's problem) and the fix."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(field, 'must be an object of key: value pairs, e.g. {"project": "apollo"}')
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidInput(field, f"{len(metadata)} keys; at most {MAX_METADATA_KEYS}: keep the ones you filter on")
+    checked: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not METADATA_KEY.fullmatch(key):
+            shown = str(key) if len(str(key)) <= 64 else str(key)[:64] + "…"
+            raise InvalidInput(
+                f"{field}.{shown}",
+                "not a metadata key: use 1 to 64 letters, digits, _ or -, starting with a letter or _ (no dots)",
+            )
+        checked[key] = _metadata_value(value, f"{field}.{key}")
+    size = len(json.dumps(checked, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(
+            field, f"{size} bytes as JSON; at most {MAX_METADATA_BYTES}: shorten the values or drop keys"
+        )
+    return checked
+
+
+def _metadata_value(value: object, field: str) -> MetadataValue:
+    if value is None:
+        raise InvalidInput(field, "null: give a string, number or boolean, or leave the key out")
+    if isinstance(value, str):
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidInput(field, f"{len(value)} characters; at most {MAX_METADATA_VALUE_CHARS}: shorten it")
+        return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:  # stores keep 64-bit integers; a larger one would come back a float
+            raise InvalidInput(field, f"{value} is out of range: integers are 64-bit; give it as a string")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput(field, f"{value!r} is not a finite number: give a number, a string or a boolean")
+        return value
+    raise InvalidInput(
+        field, f"a {type(value).__name__}: values are strings, numbers or booleans (no lists, objects or nesting)"
+    )
+
+
+def metadata_pairs(metadata: Mapping[str, MetadataValue]) -> tuple[str, ...]:
+    """The indexed form of checked metadata (see `metadata_pair`), in key order."""
+    return tuple(metadata_pair(key, value) for key, value in sorted(metadata.items()))
+
+
+def metadata_pair(key: str, value: MetadataValue) -> str:
+    """How one pair is stored for filtering: `key=value`, the value as JSON, a whole number as an integer
+    (2 and 2.0 match; "2" and true do not)."""
+    # A keyword list rather than nested `metadata.<key>` conditions: one index serves every key (a
+    # nested key cannot be indexed before it is known, and a Qdrant server in strict mode refuses
+    # filters on unindexed fields), and equality keeps its JSON type on every store: Qdrant's
+    # MatchValue takes no float, and the embedded Qdrant Edge matches no boolean under a nested key.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
+
+
+def expiry(expires_at: str | None, ttl: int | None, at: datetime) -> datetime | None:
+    """When memories stored at `at` with `expires_at` (a time) or `ttl` (seconds from `at`) expire; None
+    when neither is given. Raises `InvalidInput` naming the field and the fix."""
+    if expires_at is not None and ttl is not None:
+        raise InvalidInput("ttl", "given together with expires_at: give one of the two")
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not MIN_TTL_S <= ttl <= MAX_TTL_S:
+            raise InvalidInput(
+                "ttl", f"{ttl!r} is out of range: give whole seconds from {MIN_TTL_S} to {MAX_TTL_S} (100 years)"
+            )
+        return at + timedelta(seconds=ttl)
+    if expires_at is None:
+        return None
+    if len(expires_at) > MAX_TIME_CHARS:
+        raise InvalidInput("expires_at", f"longer than {MAX_TIME_CHARS} characters: not a time; use {ACCEPTED}")
+    try:
+        moment = parse_timestamp(expires_at)
+    except ValueError:
+        raise InvalidInput("expires_at", f"{expires_at!r} is not a time; use {ACCEPTED}") from None
+    if moment <= at:
+        raise InvalidInput(
+            "expires_at",
+            f"{moment.isoformat()} is not in the future (now {at.isoformat()}): give a later time, or leave "
+            "it out for memories that never expire",
+        )
+    return moment
+
+
+def caller_fields(metadata: Mapping[str, MetadataValue], expires_ts: float | None) -> dict[str, object]:
+    """The payload fields of checked metadata and an expiry; none for neither, so that such a record is
+    stored as earlier versions stored every record."""
+    fields: dict[str, object] = {}
+    if metadata:
+        fields[METADATA_FIELD] = dict(metadata)
+        fields[METADATA_PAIRS_FIELD] = list(metadata_pairs(metadata))
+    if expires_ts is not None:
+        fields[EXPIRES_AT_FIELD] = from_epoch(expires_ts).isoformat()
+        fields[EXPIRES_FIELD] = expires_ts
+    return fields
+
+
+def with_caller_fields(
+    payload: Mapping[str, object], metadata: Mapping[str, MetadataValue], expires_ts: float | None
+) -> dict[str, object]:
+    """`payload` with its metadata and expiry replaced (see `caller_fields`)."""
+    kept = {key: value for key, value in payload.items() if key not in _CALLER_FIELDS}
+    return {**kept, **caller_fields(metadata, expires_ts)}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a record hands down to the records made from it (see `inherited`)."""
+
+    order: Order
+    metadata: tuple[tuple[str, MetadataValue], ...] = ()
+    expires_ts: float | None = None
+
+
+def inherited(sources: Sequence[Lineage]) -> dict[str, object]:
+    """The derivation rule, defined here only: a record made from others (a fact from the turns it was
+    extracted from, a consolidated version from the older fact and the newer ones merged into it, a
+    summary from the records it covers) carries the union of their metadata, the newest source (by
+    event time) winning a key on which they differ; and it expires when all its sources have, at the
+    latest of their expiries: never, when any source never expires. Returns its payload fields (see
+    `caller_fields`)."""
+    metadata: dict[str, MetadataValue] = {}
+    for source in sorted(sources, key=lambda s: s.order):
+        metadata.update(source.metadata)
+    expiries = [source.expires_ts for source in sources]
+    latest = max((e for e in expiries if e is not None), default=None)
+    return caller_fields(metadata, None if None in expiries else latest)
 
 
 @dataclass(frozen=True)
@@ -433,6 +610,36 @@ class Record:
         return _entries(self.payload, "history")
 
     @property
+    def metadata(self) -> dict[str, MetadataValue]:
+        """The caller's metadata (a fact's or summary's: inherited from its sources); {} when none."""
+        value = self.payload.get(METADATA_FIELD)
+        if not isinstance(value, dict):
+            return {}
+        return {str(key): item for key, item in value.items() if isinstance(item, str | int | float)}
+
+    @property
+    def expires_ts(self) -> float | None:
+        """When it expires, in epoch seconds; None: never."""
+        value = self.payload.get(EXPIRES_FIELD)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When it expires (UTC); None: never."""
+        expires = self.expires_ts
+        return None if expires is None else from_epoch(expires)
+
+    def expired(self, at: float) -> bool:
+        """Whether it has expired at `at` (epoch seconds)."""
+        expires = self.expires_ts
+        return expires is not None and expires <= at
+
+    @property
+    def lineage(self) -> Lineage:
+        """What it hands down to the records made from it."""
+        return Lineage(self.order, tuple(self.metadata.items()), self.expires_ts)
+
+    @property
     def changes(self) -> list[dict[str, object]]:
         """The consolidation changes (update, delete) in its history, as stored."""
         return [entry for entry in self.history if entry.get("action") in ("update", "delete")]
@@ -488,8 +695,11 @@ class Turn(Record):
         tokens_compressed: int,
         compression: str,
         redactions: Mapping[str, int],
+        metadata: Mapping[str, MetadataValue] | None = None,
+        expires_at: datetime | None = None,
     ) -> Turn:
-        """A message as stored by add_memory (its id derives from the scope and message id)."""
+        """A message as stored by add_memory (its id derives from the scope and message id), with the
+        caller's checked metadata and expiry."""
         payload = _common(
             scope,
             "turn",
@@ -509,6 +719,7 @@ class Turn(Record):
             position=position,
             redactions=dict(redactions),
         )
+        payload.update(caller_fields(metadata or {}, None if expires_at is None else to_epoch(expires_at)))
         return cls(record_id(scope, "turn", message_id), payload)
 
     @staticmethod
@@ -623,8 +834,10 @@ class Fact(Record):
         topic_id: str | None,
         batch_turn_ids: Sequence[str],
         llm_call_id: str,
+        sources: Sequence[Lineage] = (),
     ) -> Fact:
-        """A fact as extraction writes it (its id derives from its sources and words)."""
+        """A fact as extraction writes it (its id derives from its sources and words), with the metadata
+        and expiry its source turns hand down (`sources`, see `inherited`)."""
         payload = _common(
             scope,
             "fact",
@@ -638,6 +851,7 @@ class Fact(Record):
         payload.update(
             topic_id=topic_id, batch_turn_ids=list(batch_turn_ids), llm_call_id=llm_call_id, stage="extracted"
         )
+        payload.update(inherited(sources))
         return cls(record_id(scope, "fact", cls.key(source_ids, text)), payload)
 
     @staticmethod
@@ -653,12 +867,14 @@ class Fact(Record):
     def version(
         self, version_id: str, text: str, merged: Sequence[Fact], entry: Mapping[str, object], stored_at: datetime
     ) -> Fact:
-        """The merged version of this fact: its fields, the new text, every source, at the newest time."""
+        """The merged version of this fact: its fields, the new text, every source, at the newest time,
+        with the metadata and expiry of this fact and the merged ones (see `inherited`)."""
         newest = max(merged, key=lambda f: f.order)
         source_ids = self.source_ids
         for fact in merged:
             source_ids += [s for s in fact.source_ids if s not in source_ids]
-        payload = {key: value for key, value in self.payload.items() if key != "superseded_by"}
+        kept = {key: value for key, value in self.payload.items() if key != "superseded_by"}
+        payload = with_caller_fields(kept, {}, None) | inherited([self.lineage, *(f.lineage for f in merged)])
         payload.update(
             text=text,
             status="active",
@@ -709,8 +925,9 @@ class Summary(Record):
         stored_at: datetime,
         previous: Summary | None,
     ) -> Summary:
-        """A summary of `covered` (oldest first); summarizing a window again replaces it in place,
-        its previous text kept in its history."""
+        """A summary of `covered` (oldest first), with the metadata and expiry they hand down (see
+        `inherited`); summarizing a window again replaces it in place, its previous text kept in its
+        history."""
         source_ids = list(dict.fromkeys(s for record in covered for s in record.source_ids))
         payload = _common(
             scope,
@@ -741,7 +958,38 @@ class Summary(Record):
             history=history,
             stage="summarized",
         )
+        payload.update(inherited([record.lineage for record in covered]))
         return cls(cls.id_of(scope, window, window_key, topic), payload)
+
+    @property
+    def window(self) -> str:
+        """What it covers: all, session, day or week."""
+        return str(self.payload.get("window") or "all")
+
+    @property
+    def window_key(self) -> str:
+        """Which one: the session id, the day, the ISO week, or 'all'."""
+        return str(self.payload.get("window_key") or "all")
+
+    @property
+    def topic(self) -> str | None:
+        """The topic it was asked about, if any."""
+        return _text(self.payload, "topic")
+
+    @property
+    def method(self) -> str:
+        """llm, or extractive (no LLM configured)."""
+        return str(self.payload.get("method") or "extractive")
+
+    @property
+    def window_start_ts(self) -> float:
+        """Event time of the earliest memory covered."""
+        return _number(self.payload, "window_start_ts")
+
+    @property
+    def window_end_ts(self) -> float:
+        """Event time of the latest memory covered."""
+        return _number(self.payload, "window_end_ts")
 
     @staticmethod
     def key(window: str, window_key: str, topic: str | None) -> str:
@@ -946,6 +1194,45 @@ class SummaryMark:
             "kind": PROGRESS_KIND,
             "status": "active",
             "summarized_created_ts": self.summarized_created_ts,
+            "event_ts": at.timestamp(),
+            "created_ts": at.timestamp(),
+        }
+        return StoredPoint(self.id, None, None, payload)
+
+
+@dataclass(frozen=True)
+class PurgeCount:
+    """How many expired records the sleep-time job has deleted from one exact scope (vector-less)."""
+
+    id: str
+    purged: int
+
+    # What the count's id derives from (one count per exact scope), and its payload field.
+    KEY: ClassVar[str] = "expired"
+    FIELD: ClassVar[str] = "expired_purged"
+
+    @staticmethod
+    def id_of(scope: Scope) -> str:
+        """The count's id for an exact scope."""
+        return record_id(scope, PROGRESS_KIND, PurgeCount.KEY)
+
+    @staticmethod
+    def is_count(payload: Mapping[str, object]) -> bool:
+        """Whether a stored point is a purge count (other points may share its kind, progress)."""
+        return kind_of(payload) == PROGRESS_KIND and PurgeCount.FIELD in payload
+
+    @classmethod
+    def read(cls, point: FoundPoint) -> PurgeCount:
+        """The count as stored."""
+        return cls(point.id, _count(point.payload, PurgeCount.FIELD))
+
+    def point(self, scope: Scope, at: datetime) -> StoredPoint:
+        """The point to store for the exact scope."""
+        payload: dict[str, object] = {
+            **_scope_fields(scope),
+            "kind": PROGRESS_KIND,
+            "status": "active",
+            PurgeCount.FIELD: self.purged,
             "event_ts": at.timestamp(),
             "created_ts": at.timestamp(),
         }

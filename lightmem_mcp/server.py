@@ -3,23 +3,23 @@
 # No `from __future__ import annotations`: tool signatures are read at registration, and
 # their Field descriptions use configured limits.
 import logging
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.mcpserver.resolve import ListRoots, Resolve
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from mcp.types import ListRootsResult, ToolAnnotations
-from pydantic import Field, ValidationError
+from mcp.types import CallToolResult, ListRootsResult, TextContent, ToolAnnotations
+from mcp.types import Resource as MCPResource
+from mcp_types.version import is_version_at_least
+from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
@@ -34,39 +34,50 @@ from lightmem_mcp.api import (
     GetResult,
     HistoryResult,
     ListResult,
+    MemoryRecord,
     Message,
     Progress,
     RecallResult,
     SearchFilters,
     SearchResult,
     StatsResult,
+    Stop,
     SummarizeResult,
     Window,
 )
-from lightmem_mcp.auth import Forbidden, acting_user, check_access
+from lightmem_mcp.calls import ALL_PROJECTS, Access, Calls, MemoryService
+from lightmem_mcp.calls import MemoryProvider as MemoryProvider
+from lightmem_mcp.calls import SessionProjects as SessionProjects
+from lightmem_mcp.completions import register_completions
 from lightmem_mcp.compressor import MAX_FORCE_TOKENS
 from lightmem_mcp.config import Settings
-from lightmem_mcp.errors import BackendUnavailable, LightMemError
+from lightmem_mcp.errors import LightMemError
 from lightmem_mcp.memory import MAX_CONTEXT, Memory
-from lightmem_mcp.projects import Project, project_from_cwd, project_from_roots, project_of
+from lightmem_mcp.prompts import register_prompts
 from lightmem_mcp.recall import (
     DEFAULT_RECALL_CONTEXT,
     DEFAULT_RECALL_TOKENS,
     MAX_RECALL_TOKENS,
     MIN_RECALL_TOKENS,
 )
-from lightmem_mcp.records import GLOBAL, MAX_ID_CHARS, Kind, Scope
-from lightmem_mcp.shared import SharedMemory
+from lightmem_mcp.records import GLOBAL as GLOBAL_PROJECT
+from lightmem_mcp.records import (
+    MAX_ID_CHARS,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_TTL_S,
+    MIN_TTL_S,
+    Kind,
+    MetadataValue,
+    Scope,
+)
+from lightmem_mcp.resources import ICON, listed_resources, register_resources, resource_links
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# The service the tools call: a `Memory`, or in stdio mode a `SharedMemory` (the owner's memory, or
-# a forwarder to it); mypy checks every tool's call against both.
-MemoryService = Memory | SharedMemory
-S = TypeVar("S", bound=MemoryService)
-Access = Literal["read", "write", "admin"]
 
 INSTRUCTIONS = """\
 Long-term memory across conversations. Call add_memory with the messages of the conversation
@@ -117,96 +128,20 @@ ProjectArg = Annotated[
         f"at most {MAX_PROJECT_CHARS} characters.",
     ),
 ]
-Filters = Annotated[SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until.")]
+Filters = Annotated[
+    SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until, metadata.")
+]
+Metadata = Annotated[
+    dict[str, MetadataValue] | None,
+    Field(
+        max_length=MAX_METADATA_KEYS,
+        description=f'Optional: your tags on these messages, e.g. {{"source": "slack", "priority": 2}}: at most '
+        f"{MAX_METADATA_KEYS} keys (letters, digits, _ or -, no dots), values strings of at most "
+        f"{MAX_METADATA_VALUE_CHARS} characters, numbers or booleans, {MAX_METADATA_BYTES:,} bytes in all. Facts "
+        "extracted from them inherit them; search, recall and list_memories filter on them.",
+    ),
+]
 Time = Annotated[str | None, Field(max_length=MAX_TIME_CHARS)]
-
-
-class MemoryProvider(Generic[S]):
-    """Builds the memory service once, off the event loop, so `initialize` never waits for models."""
-
-    def __init__(self, settings: Settings, factory: Callable[[Settings], S]) -> None:
-        self._settings = settings
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._future: Future[S] | None = None
-
-    def start(self) -> Future[S]:
-        """Begin loading unless it is loading or loaded; a failed load is retried."""
-        with self._lock:
-            if self._future is None or (self._future.done() and self._future.exception() is not None):
-                future: Future[S] = Future()
-                self._future = future
-                threading.Thread(target=self._load, args=(future,), name="lightmem-load", daemon=True).start()
-            return self._future
-
-    def _load(self, future: Future[S]) -> None:
-        try:
-            future.set_result(self._factory(self._settings))
-        except BaseException as exc:  # handed to every caller, logged once here
-            log.error("memory backend unavailable: %s", exc)
-            future.set_exception(exc)
-
-    async def get(self) -> S:
-        """The ready service; raises `BackendUnavailable` when loading failed."""
-        future = self.start()
-        try:
-            return await anyio.to_thread.run_sync(future.result)
-        except LightMemError:
-            raise
-        except Exception as exc:
-            raise BackendUnavailable(f"memory backend failed to load: {exc}") from exc
-
-    async def close(self) -> None:
-        """Close the service if it was loaded."""
-        future = self._future
-        if future is None:
-            return
-        memory = await anyio.to_thread.run_sync(lambda: future.exception() is None and future.result())
-        if memory:
-            await anyio.to_thread.run_sync(memory.close)
-
-
-# What the `project` argument accepts besides a project id or a folder.
-ALL_PROJECTS = "all"
-GLOBAL_TIER = "global"
-# How long a session's project (from its client's roots) is reused before the roots are asked again.
-ROOTS_TTL_S = 60.0
-
-
-class SessionProjects:
-    """The project a stdio server's session works in: its client's first root that is a project
-    folder (when the client offers roots), else the server's working directory. A stdio server has
-    one client, so one of these per server; over HTTP every caller's scope is explicit.
-
-    The roots are asked through the SDK's resolver (`ListRoots`), which speaks both protocol eras: a
-    request to the client mid-call (2025-11-25), or an input-required round (2026-07-28). The answer
-    is reused for `ROOTS_TTL_S`.
-    """
-
-    def __init__(self, cwd: Path | None = None) -> None:
-        self._cwd = cwd
-        self._known: tuple[float, ListRootsResult] | None = None
-
-    async def roots(self, ctx: Context) -> ListRoots | ListRootsResult | None:
-        """The resolver of a tool's `roots` parameter: the client's roots, known or to be asked."""
-        capabilities = ctx.client_capabilities
-        if capabilities is None or capabilities.roots is None:
-            return None
-        known = self._known
-        if known is not None and time.monotonic() - known[0] < ROOTS_TTL_S:
-            return known[1]
-        return ListRoots()
-
-    async def of(self, roots: ListRootsResult | None) -> Project | None:
-        """The session's project: from its roots, else from the working directory."""
-        project = None
-        if roots is not None:
-            if self._known is None or self._known[1] is not roots:  # a fresh answer, not the one reused
-                self._known = (time.monotonic(), roots)
-            project = await anyio.to_thread.run_sync(project_from_roots, [str(root.uri) for root in roots.roots])
-        if project is None:
-            project = await anyio.to_thread.run_sync(project_from_cwd, self._cwd)
-        return project
 
 
 def build_server(
@@ -217,7 +152,7 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     close_on_exit: bool = True,
     projects: SessionProjects | None = None,
-) -> MCPServer:
+) -> "MemoryServer":
     """The MCP server with every tool registered over one `MemoryProvider`.
 
     `auth` and `token_verifier` protect the HTTP transports (see `hosted.py`). The SSE transport
@@ -237,18 +172,143 @@ def build_server(
             if close_on_exit:
                 await memory_provider.close()
 
-    server = MCPServer(
+    calls = Calls(memory_provider, projects)
+    server = MemoryServer(
+        calls,
         "lightmem-mcp",
+        title="LightMem memory",
+        description="Long-term memory for agents: stored conversations, extracted facts and summaries.",
+        icons=[ICON],
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.server.log_level,
         auth=auth,
         token_verifier=token_verifier,
+        # No change notifications are sent (no resource subscriptions, fixed tool and prompt lists), so
+        # none are declared: on 2026-07-28 the SDK would declare them whenever it serves listen streams.
+        subscriptions=False,
     )
-    _register_tools(server, memory_provider, settings, projects)
+    _register_tools(server, calls, settings, projects)
+    register_resources(server, calls)
+    register_prompts(server, calls)
+    register_completions(server, calls)
     _make_arguments_strict(server)
+    _dress_tools(server)
     return server
+
+
+class MemoryServer(MCPServer[Any]):
+    """The SDK's server, whose resource list is the caller's own (their newest summaries, their
+    stats) rather than a fixed one."""
+
+    def __init__(self, calls: Calls, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._calls = calls
+
+    @property
+    def calls(self) -> Calls:
+        """How this server's handlers reach the memory service (and its calls in flight)."""
+        return self._calls
+
+    async def list_resources(self) -> list[MCPResource]:
+        """The caller's newest summaries and stats."""
+        return [*await super().list_resources(), *await listed_resources(self._calls)]
+
+
+def _dress_tools(server: MCPServer) -> None:
+    """Give every tool its title at the top level (clients show it in menus) and the server's icon."""
+    for tool in server._tool_manager.list_tools():
+        tool.title = tool.title or (tool.annotations.title if tool.annotations else None)
+        tool.icons = [ICON]
+
+
+# Deleting more records than this by id asks the person first, when their client can be asked.
+ASK_BEFORE_DELETING_MORE_THAN = 3
+# Records a deletion question lists one by one.
+_LISTED_IN_QUESTION = 10
+_QUESTION_TEXT_CHARS = 80
+# First protocol version whose tool calls ask the client through an input-required round (any
+# transport); before it, the server sends the client a request mid-call, which needs a connection
+# that can carry one (stdio, SSE; not stateless HTTP).
+_INPUT_REQUIRED_VERSION = "2026-07-28"
+
+
+class Confirmation(BaseModel):
+    """The person's answer to a deletion question."""
+
+    confirm: bool = Field(title="Delete them", description="Yes: delete them permanently.")
+
+
+# What a resolved answer holds when the person was not asked (their client cannot be).
+NOT_ASKED = AcceptedElicitation[Confirmation].model_construct(data=None)
+
+
+def can_elicit(ctx: Context) -> bool:
+    """Whether the person behind this call can be asked (form elicitation, and a way to send it)."""
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+        return False
+    version = ctx.protocol_version
+    if version is not None and is_version_at_least(version, _INPUT_REQUIRED_VERSION):
+        return True
+    return bool(ctx.session.can_send_request)
+
+
+def confirmed(answer: ElicitationResult[Confirmation], confirm: bool, what: str) -> bool:
+    """Whether to go ahead: the person said yes, or (not asked) the caller passed confirm=true.
+    A person who declined, cancelled or unticked the box stops it, whatever `confirm` says."""
+    if not isinstance(answer, AcceptedElicitation):
+        raise ToolError(f"{what}: the person declined; nothing was deleted")
+    if answer.data is None:  # not asked: a client without elicitation
+        return confirm
+    if not answer.data.confirm:
+        raise ToolError(f"{what}: the person did not confirm; nothing was deleted")
+    return True
+
+
+def forget_question(scope: Scope, counts: dict[str, int]) -> str:
+    """What a person is asked before `forget`: exactly which memories of whom go."""
+    whose = f"user {scope.user_id!r}"
+    whose += f", agent {scope.agent_id!r}" if scope.agent_id else ""
+    whose += f", session {scope.session_id!r}" if scope.session_id else ""
+    if scope.project == GLOBAL_PROJECT:
+        whose += " in the global tier (no project)"
+    elif scope.project:
+        whose += f" in project {scope.project!r}"
+    names = {"turn": "stored messages", "fact": "facts", "summary": "summaries"}
+    what = ", ".join(f"{n} {names.get(kind, kind)}" for kind, n in counts.items())
+    total = sum(counts.values())
+    return f"Permanently delete every memory of {whose}: {total} records ({what})? This cannot be undone."
+
+
+def delete_question(records: Sequence[MemoryRecord]) -> str:
+    """What a person is asked before a large `delete_memory`: the records, listed."""
+    lines = [f"Permanently delete these {len(records)} memories? This cannot be undone."]
+    for record in records[:_LISTED_IN_QUESTION]:
+        text = " ".join(record.text.split())
+        if len(text) > _QUESTION_TEXT_CHARS:
+            text = text[: _QUESTION_TEXT_CHARS - 1] + "…"
+        lines.append(f"- {record.kind} of {record.event_time:%Y-%m-%d}: {text}")
+    if len(records) > _LISTED_IN_QUESTION:
+        lines.append(f"- and {len(records) - _LISTED_IN_QUESTION} more")
+    return "\n".join(lines)
+
+
+def _cited(result: SearchResult | RecallResult) -> list[tuple[str, str, str, datetime]]:
+    """The records a search or recall result cites: (id, kind, text, time) each, in its order."""
+    if isinstance(result, SearchResult):
+        return [(hit.id, hit.kind, hit.text, hit.event_time) for hit in result.hits]
+    return [(record_id, block.kind, block.text, block.start_time) for block in result.blocks for record_id in block.ids]
+
+
+def _with_links(result: SearchResult | RecallResult, user_id: str) -> CallToolResult:
+    """The tool result, its JSON as text, plus a resource link to each record it cites."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=result.model_dump_json()), *resource_links(user_id, _cited(result))],
+        structured_content=result.model_dump(mode="json", by_alias=True),
+    )
 
 
 class _StrictArguments(FuncMetadata):
@@ -297,9 +357,7 @@ def _make_arguments_strict(server: MCPServer) -> None:
         tool.parameters = loose.arg_model.model_json_schema(by_alias=True, schema_generator=_ClosedObjects)
 
 
-def _register_tools(
-    server: MCPServer, provider: MemoryProvider[Any], settings: Settings, projects: SessionProjects | None
-) -> None:
+def _register_tools(server: MCPServer, calls: Calls, settings: Settings, projects: SessionProjects | None) -> None:
     limits = settings.limits
 
     async def no_roots(ctx: Context) -> None:
@@ -315,18 +373,11 @@ def _register_tools(
         project: str | None,
         roots: ListRootsResult | None = None,
     ) -> Scope:
-        """The scope a tool call acts on: with an access token (HTTP), the user is the token's tenant;
-        the project tier is the argument's, else the session's."""
+        """The scope a tool call acts on (see `Calls.scope`); a refused one is a tool error."""
         try:
-            user = acting_user(user_id)
-        except Forbidden as exc:
+            return await calls.scope(user_id, agent_id, session_id, project, roots)
+        except LightMemError as exc:
             raise ToolError(str(exc)) from exc
-        if project is None:
-            found = await projects.of(roots) if projects is not None else None
-            tier = found.id if found is not None else None
-        else:
-            tier = await anyio.to_thread.run_sync(_named_project, project)
-        return Scope(user, agent_id, session_id, tier)
 
     async def run(call: Callable[[MemoryService], T], access: Access = "read") -> T:
         """Run a service call in a worker thread; domain errors become tool errors.
@@ -334,11 +385,55 @@ def _register_tools(
         `access` is what the call needs from the caller's credentials: read, write or admin.
         """
         try:
-            check_access(access)
-            memory = await provider.get()
-            return await anyio.to_thread.run_sync(call, memory)
+            return await calls.run(call, access)
         except LightMemError as exc:
             raise ToolError(str(exc)) from exc
+
+    async def run_stoppable(call: Callable[[MemoryService, Stop], T], access: Access, what: str, ctx: Context) -> T:
+        """`run` for a call that works in batches: a cancelled request stops it at a batch boundary."""
+        try:
+            return await calls.run_stoppable(call, access, what, str(ctx.request_id))
+        except LightMemError as exc:
+            raise ToolError(str(exc)) from exc
+
+    async def ask_to_forget(
+        ctx: Context,
+        user_id: str = "default",
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        project: str | None = None,
+        roots: ClientRoots = None,
+    ) -> Elicit[Confirmation] | None:
+        """Before `forget`: ask the person, stating what would go, when their client can be asked."""
+        if not can_elicit(ctx):
+            return None
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
+        counts = await run(lambda m: m.forget_preview(scope), "write")
+        if not counts:
+            return None  # nothing to delete: nothing to ask
+        return Elicit(forget_question(scope, counts), Confirmation)
+
+    async def ask_to_delete(
+        ctx: Context,
+        ids: list[str],
+        user_id: str = "default",
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        project: str | None = None,
+        roots: ClientRoots = None,
+    ) -> Elicit[Confirmation] | None:
+        """Before `delete_memory` of more than a few records: ask the person, listing them."""
+        if len(set(ids)) <= ASK_BEFORE_DELETING_MORE_THAN or not can_elicit(ctx):
+            return None
+        scope = await scope_of(user_id, agent_id, session_id, project, roots)
+        found = await run(lambda m: m.get(ids, scope), "write")
+        if not found.records:
+            return None
+        return Elicit(delete_question(found.records), Confirmation)
+
+    # Filled by the SDK before the call (never arguments): the person's answer, on clients that can ask.
+    ForgetAnswer = Annotated[ElicitationResult[Confirmation], Resolve(ask_to_forget)]
+    DeleteAnswer = Annotated[ElicitationResult[Confirmation], Resolve(ask_to_delete)]
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -358,6 +453,21 @@ def _register_tools(
         session_id: SessionId = None,
         project: ProjectArg = None,
         roots: ClientRoots = None,
+        metadata: Metadata = None,
+        expires_at: Annotated[
+            Time,
+            Field(
+                description="Optional: when these memories expire (ISO 8601, in the future): from then on they are "
+                "left out of every read and later deleted. Not with ttl."
+            ),
+        ] = None,
+        ttl: Annotated[
+            int | None,
+            Field(
+                description=f"Optional: seconds these memories live, {MIN_TTL_S} to {MAX_TTL_S:,} (100 years), "
+                "e.g. 86400 for a day. Not with expires_at."
+            ),
+        ] = None,
     ) -> AddResult:
         """Store conversation messages in long-term memory. Each message is kept verbatim and is
         searchable as soon as this returns. Re-sending a message with the same id replaces it."""
@@ -367,7 +477,7 @@ def _register_tools(
                 'session\'s), or give "global" or a project'
             )
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: m.add(messages, scope), "write")
+        return await run(lambda m: m.add(messages, scope, metadata, expires_at, ttl), "write")
 
     @server.tool(annotations=ToolAnnotations(title="Search memory", read_only_hint=True, idempotent_hint=True))
     async def search_memory(
@@ -394,12 +504,13 @@ def _register_tools(
                 "windows merged, and each hit's `window` points to its own."
             ),
         ] = 0,
-    ) -> SearchResult:
+    ) -> Annotated[CallToolResult, SearchResult]:
         """Search long-term memory by meaning and keywords. Returns the best matches with their
         text, time, speaker and the ids of the messages they come from; with `context`, also the
         turns around each hit."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: m.search(query, scope, limit, filters, context=context))
+        found = await run(lambda m: m.search(query, scope, limit, filters, context=context))
+        return _with_links(found, scope.user_id)
 
     @server.tool(annotations=ToolAnnotations(title="Recall for a prompt", read_only_hint=True, idempotent_hint=True))
     async def recall(
@@ -438,13 +549,14 @@ def _register_tools(
         filters: Filters = None,
         project: ProjectArg = None,
         roots: ClientRoots = None,
-    ) -> RecallResult:
+    ) -> Annotated[CallToolResult, RecallResult]:
         """Call before answering a question that may depend on earlier conversations: returns the most
         relevant memories with the turns around them, packed into at most `max_tokens` tokens, grouped
         by session in time order, each block citing its message ids and time. Put `context` in your
         prompt."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: m.recall(query, scope, max_tokens, context, filters, compress))
+        found = await run(lambda m: m.recall(query, scope, max_tokens, context, filters, compress))
+        return _with_links(found, scope.user_id)
 
     @server.tool(annotations=ToolAnnotations(title="Get memories", read_only_hint=True, idempotent_hint=True))
     async def get_memory(
@@ -484,10 +596,18 @@ def _register_tools(
         include_superseded: Annotated[
             bool, Field(description="Also facts that newer facts updated or contradicted.")
         ] = False,
+        metadata: Annotated[
+            dict[str, MetadataValue] | None,
+            Field(
+                max_length=MAX_METADATA_KEYS,
+                description="Optional: only records whose metadata holds every one of these key: value pairs "
+                "(equality).",
+            ),
+        ] = None,
     ) -> ListResult:
         """List memory records page by page, newest event first."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: m.list(scope, kinds, limit, cursor, include_superseded))
+        return await run(lambda m: m.list(scope, kinds, limit, cursor, include_superseded, metadata))
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -495,15 +615,23 @@ def _register_tools(
         )
     )
     async def delete_memory(
-        ids: Annotated[list[RecordId], Field(description=f"Record ids to delete; at most {limits.max_ids_per_call}.")],
+        ids: Annotated[
+            list[RecordId],
+            Field(
+                description=f"Record ids to delete; at most {limits.max_ids_per_call}. More than "
+                f"{ASK_BEFORE_DELETING_MORE_THAN} asks the person first when their client can be asked."
+            ),
+        ],
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
         project: ProjectArg = None,
         roots: ClientRoots = None,
+        answer: DeleteAnswer = NOT_ASKED,
     ) -> DeleteResult:
         """Permanently delete memory records by id. Ids not in this scope are reported missing."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
+        confirmed(answer, True, "delete_memory")
         return await run(lambda m: m.delete(ids, scope), "write")
 
     @server.tool(
@@ -513,17 +641,24 @@ def _register_tools(
     )
     async def forget(
         confirm: Annotated[
-            bool, Field(description="Must be the JSON boolean true: this deletes every memory in the scope.")
-        ],
+            bool,
+            Field(
+                description="For clients that cannot ask the person (no elicitation): the JSON boolean true, "
+                "to delete every memory in the scope. Clients that can are asked instead, with what would go."
+            ),
+        ] = False,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
         project: ProjectArg = None,
         roots: ClientRoots = None,
+        answer: ForgetAnswer = NOT_ASKED,
     ) -> ForgetResult:
-        """Permanently delete every memory of a user, or of one agent or session of that user."""
+        """Permanently delete every memory of a user, or of one agent or session of that user. The
+        person is asked first when their client can ask them."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, confirm)), "write")
+        go = confirmed(answer, confirm, "forget")
+        return await run(lambda m: ForgetResult(deleted_count=m.forget(scope, go)), "write")
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -531,6 +666,7 @@ def _register_tools(
         )
     )
     async def flush_memory(
+        ctx: Context,
         user_id: UserId = "default",
         agent_id: AgentId = None,
         session_id: SessionId = None,
@@ -551,7 +687,10 @@ def _register_tools(
         """Turn the scope's buffered messages into long-term facts now, instead of waiting for the
         buffer to fill (e.g. at the end of a conversation). Messages stay searchable either way."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
-        return await run(lambda m: m.flush(scope, backlog=backlog, dry_run=dry_run), "write")
+        report = _progress_reporter(ctx)
+        return await run_stoppable(
+            lambda m, stop: m.flush(scope, backlog, dry_run, report, stop=stop), "write", "flush_memory", ctx
+        )
 
     @server.tool(
         annotations=ToolAnnotations(
@@ -581,8 +720,11 @@ def _register_tools(
         keep their history (memory_history). Uses the LLM, a few facts per call."""
         scope = None if all_users else await scope_of(user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
-        return await run(
-            lambda m: m.consolidate(scope, since, until, dry_run, report), "admin" if all_users else "write"
+        return await run_stoppable(
+            lambda m, stop: m.consolidate(scope, since, until, dry_run, report, stop=stop),
+            "admin" if all_users else "write",
+            "consolidate",
+            ctx,
         )
 
     @server.tool(
@@ -624,7 +766,12 @@ def _register_tools(
         is extractive (its most central sentences)."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
         report = _progress_reporter(ctx)
-        return await run(lambda m: m.summarize(scope, window, since, until, topic, report, dry_run), "write")
+        return await run_stoppable(
+            lambda m, stop: m.summarize(scope, window, since, until, topic, report, dry_run, stop=stop),
+            "write",
+            "summarize",
+            ctx,
+        )
 
     @server.tool(annotations=ToolAnnotations(title="Memory history", read_only_hint=True, idempotent_hint=True))
     async def memory_history(
@@ -693,28 +840,6 @@ def _register_tools(
         traffic would have cost without compression and without batching."""
         scope = await scope_of(user_id, agent_id, session_id, project, roots)
         return await run(lambda m: m.stats(scope))
-
-
-def _named_project(value: str) -> str | None:
-    """The `Scope.project` a `project` argument names: a project id, or a folder's project."""
-    if value == ALL_PROJECTS:
-        return None
-    if value == GLOBAL_TIER:
-        return GLOBAL
-    if value.startswith(("/", "~", "file:")) or (len(value) > 2 and value[1] == ":" and value[2] in "\\/"):
-        found = project_from_roots([value]) if value.startswith("file:") else project_of(Path(value).expanduser())
-        if found is None:
-            raise ToolError(
-                f"project: {value!r} is not a project folder (it does not exist, or is the home directory or the "
-                'filesystem root): give a folder inside a project, a project id, "global" or "all"'
-            )
-        return found.id
-    if not value.strip() or len(value) > MAX_ID_CHARS or any(ord(c) < 32 for c in value):
-        raise ToolError(
-            f"project: give a project id of at most {MAX_ID_CHARS} printable characters, an absolute folder path, "
-            '"global" or "all"'
-        )
-    return value
 
 
 def _progress_reporter(ctx: Context) -> Progress:

@@ -19,6 +19,7 @@ the secret on the loopback channel), and so is a server of another version: both
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import hmac
@@ -35,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ from lightmem_mcp.api import (
     SearchFilters,
     SearchResult,
     StatsResult,
+    Stop,
+    Suggestion,
     SummarizeResult,
+    SummaryInfo,
     Window,
 )
 from lightmem_mcp.compressor import Compression
@@ -71,7 +75,7 @@ from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import BackendUnavailable, LightMemError, StoreInUse
 from lightmem_mcp.memory import Memory
 from lightmem_mcp.privacy import PRIVATE_FILE, private_directory
-from lightmem_mcp.records import Kind, Scope
+from lightmem_mcp.records import Kind, MetadataValue, Scope, check_metadata
 
 if sys.platform == "win32":
     import msvcrt
@@ -83,7 +87,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Bumped whenever the messages between owner and front door change shape.
-PROTOCOL = 1
+PROTOCOL = 2
 # The service calls a front door forwards: the tool-facing methods of `Memory`.
 FORWARDED = (
     "add",
@@ -99,6 +103,9 @@ FORWARDED = (
     "history",
     "compress",
     "stats",
+    "summaries",
+    "forget_preview",
+    "suggest",
 )
 # A guard on memory, as on stdio: a front door is the same user, but a line is read whole.
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -285,6 +292,11 @@ class _Signature:
     arguments: dict[str, TypeAdapter[Any]]
     result: TypeAdapter[Any]
     takes_progress: bool
+    takes_stop: bool
+
+
+# Callbacks: progress travels as messages of its own, a stop not at all (see `SharedMemory._call`).
+_CALLBACKS = ("progress", "stop")
 
 
 @cache
@@ -295,9 +307,10 @@ def _signature(name: str) -> _Signature:
     hints = get_type_hints(method)
     parameters = [p for p in inspect.signature(method).parameters if p != "self"]
     return _Signature(
-        arguments={p: TypeAdapter(hints[p]) for p in parameters if p != "progress"},
+        arguments={p: TypeAdapter(hints[p]) for p in parameters if p not in _CALLBACKS},
         result=TypeAdapter(hints["return"]),
         takes_progress="progress" in parameters,
+        takes_stop="stop" in parameters,
     )
 
 
@@ -802,14 +815,21 @@ class SharedMemory:
 
         threading.Thread(target=load, name="lightmem-standby", daemon=True).start()
 
-    def _call(self, result: type[T], name: str, progress: Progress | None = None, **kwargs: Any) -> T:
+    def _call(
+        self, result: type[T], name: str, progress: Progress | None = None, stop: Stop | None = None, **kwargs: Any
+    ) -> T:
         """Run a service call on whoever owns the store; across a handover, send it again."""
         deadline: float | None = None
         while True:
             memory, door = self._memory, self._door
             if memory is not None:
+                signature = _signature(name)
                 method: Callable[..., T] = getattr(memory, name)
-                return method(**kwargs, **({"progress": progress} if _signature(name).takes_progress else {}))
+                callbacks: dict[str, object] = {"progress": progress} if signature.takes_progress else {}
+                if signature.takes_stop:
+                    callbacks["stop"] = stop
+                return method(**kwargs, **callbacks)
+            # A front door ignores `stop`: the call runs in the owner, which no callback reaches.
             if door is not None and not door.gone:
                 signature = _signature(name)
                 args = {k: signature.arguments[k].dump_python(v, mode="json") for k, v in kwargs.items()}
@@ -879,11 +899,21 @@ class SharedMemory:
 
     # -- the service calls (the same signatures as `Memory`'s) -------------------------------------
 
-    def add(self, messages: Sequence[Message], scope: Scope) -> AddResult:
+    def add(
+        self,
+        messages: Sequence[Message],
+        scope: Scope,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        expires_at: str | None = None,
+        ttl: int | None = None,
+    ) -> AddResult:
         """`Memory.add`, with message ids fixed first, so that sending it again after a handover
         replaces rather than duplicates."""
+        check_metadata(metadata)  # here too: a value JSON cannot carry (NaN) fails with the same error
         fixed = [m if m.id is not None else m.model_copy(update={"id": uuid.uuid4().hex}) for m in messages]
-        return self._call(AddResult, "add", messages=fixed, scope=scope)
+        return self._call(
+            AddResult, "add", messages=fixed, scope=scope, metadata=metadata, expires_at=expires_at, ttl=ttl
+        )
 
     def search(
         self,
@@ -931,8 +961,10 @@ class SharedMemory:
         limit: int = 20,
         cursor: str | None = None,
         include_superseded: bool = False,
+        metadata: Mapping[str, MetadataValue] | None = None,
     ) -> ListResult:
         """`Memory.list`."""
+        check_metadata(metadata)
         return self._call(
             ListResult,
             "list",
@@ -941,6 +973,7 @@ class SharedMemory:
             limit=limit,
             cursor=cursor,
             include_superseded=include_superseded,
+            metadata=metadata,
         )
 
     def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult:
@@ -951,9 +984,17 @@ class SharedMemory:
         """`Memory.forget`."""
         return self._call(int, "forget", scope=scope, confirm=confirm)
 
-    def flush(self, scope: Scope, backlog: bool = False, dry_run: bool = False) -> FlushResult:
-        """`Memory.flush`."""
-        return self._call(FlushResult, "flush", scope=scope, backlog=backlog, dry_run=dry_run)
+    def flush(
+        self,
+        scope: Scope,
+        backlog: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        *,
+        stop: Stop | None = None,
+    ) -> FlushResult:
+        """`Memory.flush`; `stop` only when this process owns the store."""
+        return self._call(FlushResult, "flush", progress, stop, scope=scope, backlog=backlog, dry_run=dry_run)
 
     def consolidate(
         self,
@@ -962,10 +1003,12 @@ class SharedMemory:
         until: str | None = None,
         dry_run: bool = False,
         progress: Progress | None = None,
+        *,
+        stop: Stop | None = None,
     ) -> ConsolidateResult:
-        """`Memory.consolidate`."""
+        """`Memory.consolidate`; `stop` only when this process owns the store."""
         return self._call(
-            ConsolidateResult, "consolidate", progress, scope=scope, since=since, until=until, dry_run=dry_run
+            ConsolidateResult, "consolidate", progress, stop, scope=scope, since=since, until=until, dry_run=dry_run
         )
 
     def summarize(
@@ -977,12 +1020,15 @@ class SharedMemory:
         topic: str | None = None,
         progress: Progress | None = None,
         dry_run: bool = False,
+        *,
+        stop: Stop | None = None,
     ) -> SummarizeResult:
-        """`Memory.summarize`."""
+        """`Memory.summarize`; `stop` only when this process owns the store."""
         return self._call(
             SummarizeResult,
             "summarize",
             progress,
+            stop,
             scope=scope,
             window=window,
             since=since,
@@ -1006,6 +1052,18 @@ class SharedMemory:
     def stats(self, scope: Scope) -> StatsResult:
         """`Memory.stats`."""
         return self._call(StatsResult, "stats", scope=scope)
+
+    def summaries(self, scope: Scope, window: Window | None = None, limit: int = 20) -> builtins.list[SummaryInfo]:
+        """`Memory.summaries`."""
+        return self._call(builtins.list, "summaries", scope=scope, window=window, limit=limit)
+
+    def forget_preview(self, scope: Scope) -> dict[str, int]:
+        """`Memory.forget_preview`."""
+        return self._call(dict, "forget_preview", scope=scope)
+
+    def suggest(self, scope: Scope, field: Suggestion, prefix: str = "", limit: int = 100) -> builtins.list[str]:
+        """`Memory.suggest`."""
+        return self._call(builtins.list, "suggest", scope=scope, field=field, prefix=prefix, limit=limit)
 
 
 def _channel_kind(setting: str) -> Literal["unix", "tcp"]:

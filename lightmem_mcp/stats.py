@@ -12,6 +12,9 @@ Beside the actual cost, two estimates say what LightMem's two savings are worth 
 
 In both, completion tokens are the actual ones (the same facts come back) and the calls of other
 purposes (consolidation, summaries) stay as they were.
+
+Memories that have expired are left out of every count, as every read leaves them out; they are
+counted apart, as waiting for the sleep-time purge, beside the number it has already deleted.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from lightmem_mcp.api import (
@@ -41,6 +45,7 @@ from lightmem_mcp.records import (
     FoundPoint,
     Kind,
     LedgerEntry,
+    PurgeCount,
     RecordFilter,
     Scope,
     Turn,
@@ -49,6 +54,7 @@ from lightmem_mcp.records import (
 )
 from lightmem_mcp.spend import cost_of
 from lightmem_mcp.store import VectorStore
+from lightmem_mcp.timestamps import now, to_epoch
 from lightmem_mcp.tokens import TokenCounter
 
 # Always reported, in this order, even with no calls: extraction, consolidation, summaries.
@@ -117,8 +123,11 @@ class _AddedTurn:
 class _ScopeTally:
     """Accumulates one pass over a scope's points."""
 
-    def __init__(self, prices: PriceSettings) -> None:
+    def __init__(self, prices: PriceSettings, at: float) -> None:
         self._prices = prices
+        self._at = at  # what has expired by then is counted apart
+        self.expired_pending = 0
+        self.expired_purged = 0
         self.statuses: dict[Kind, Counter[str]] = {kind: Counter() for kind in KINDS}
         self.stages: Counter[str] = Counter()
         self.compression: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -137,7 +146,13 @@ class _ScopeTally:
         if kind == LEDGER_KIND:
             self._call(LedgerEntry(point.id, point.payload))
             return
+        if PurgeCount.is_count(point.payload):
+            self.expired_purged += PurgeCount.read(point).purged
+            return
         record = view(point)
+        if record.expired(self._at):
+            self.expired_pending += 1
+            return
         if kind in self.statuses:
             self.statuses[kind][record.status] += 1
         if isinstance(record, Turn):
@@ -263,6 +278,8 @@ class _ScopeTally:
                 prices=sorted(self.applied.values(), key=lambda a: a.model),
                 unpriced_models=sorted(self.unpriced),
             ),
+            expired_purged=self.expired_purged,
+            expired_pending=self.expired_pending,
         )
 
     def _extraction_price(self) -> tuple[ModelPrice, str] | None:
@@ -273,9 +290,12 @@ class _ScopeTally:
         return self._prices.price_of(provider, model)
 
 
-def collect_stats(store: VectorStore, scope: Scope, prices: PriceSettings, counter: TokenCounter) -> StatsResult:
-    """Read every point of the scope once and account for it."""
-    tally = _ScopeTally(prices)
+def collect_stats(
+    store: VectorStore, scope: Scope, prices: PriceSettings, counter: TokenCounter, at: datetime | None = None
+) -> StatsResult:
+    """Read every point of the scope once and account for it; memories expired at `at` (default now)
+    are counted apart."""
+    tally = _ScopeTally(prices, to_epoch(at or now()))
     for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, project=scope.project)):
         tally.add(point)
     return tally.result(scope, counter)

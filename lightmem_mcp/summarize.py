@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from lightmem_mcp.api import Progress, SummarizeResult, SummaryInfo, Window
+from lightmem_mcp.api import Progress, Stop, SummarizeResult, SummaryInfo, Window
 from lightmem_mcp.config import SummarySettings
 from lightmem_mcp.embedder import Embedder
 from lightmem_mcp.indexing import RecordWriter
@@ -80,8 +80,11 @@ class Summarizer:
         embedder: Embedder,
         llm: LLMClient,
         counter: TokenCounter,
+        clock: Callable[[], datetime] = now,
     ) -> None:
         self._settings = settings
+        # Expired memories are summarized no more: the time they are checked against.
+        self._clock = clock
         self._store = store
         self._writer = writer
         self._embedder = embedder
@@ -97,14 +100,21 @@ class Summarizer:
         until_ts: float | None = None,
         topic: str | None = None,
         progress: Progress | None = None,
+        stop: Stop | None = None,
     ) -> SummarizeResult:
-        """Summarize the scope's memories in range, one summary per window."""
+        """Summarize the scope's memories in range, one summary per window. Once `stop` says so, the run
+        ends before the next window: the summaries written stay, the other windows keep their old ones."""
         entries = self._entries(scope, since_ts, until_ts, topic)
         groups = _group(entries, window)
         summaries: list[SummaryInfo] = []
         calls = 0
         error = None
+        left = 0
         for number, (key, group) in enumerate(groups, start=1):
+            if stop is not None and stop():
+                left = len(groups) - number + 1
+                log.info("summarize cancelled after %d of %d windows: %d LLM calls", number - 1, len(groups), calls)
+                break
             group = group[-self._settings.max_entries :]
             try:
                 info, called = self._summarize(scope, window, key, topic, group)
@@ -119,7 +129,9 @@ class Summarizer:
             summaries.append(info)
             if progress is not None:
                 progress(number, len(groups), f"summarized {number} of {len(groups)} windows")
-        return SummarizeResult(summaries=summaries, llm_calls=calls, error=error)
+        return SummarizeResult(
+            summaries=summaries, llm_calls=calls, error=error, cancelled=bool(left), windows_left=left
+        )
 
     def run_scheduled(self, user_id: str) -> SummarizeResult | None:
         """Re-summarize each day of the user with facts newer than the stored progress mark, in the tier
@@ -128,7 +140,8 @@ class Summarizer:
         mark_id = SummaryMark.id_of(user_id)
         found = self._store.scroll(RecordFilter(user_id, kinds=(PROGRESS_KIND,), ids=(mark_id,)), 1)
         mark = SummaryMark.read(found[0]).summarized_created_ts if found else 0.0
-        facts = self._store.scroll(RecordFilter(user_id, kinds=("fact",), statuses=("active",)), _MAX_READ)
+        live = RecordFilter(user_id, kinds=("fact",), statuses=("active",), live_at=to_epoch(self._clock()))
+        facts = self._store.scroll(live, _MAX_READ)
         fresh = [fact for fact in map(Fact.read, facts) if fact.created_ts > mark]
         if not fresh:
             return None
@@ -166,6 +179,7 @@ class Summarizer:
                 since_ts=since_ts,
                 until_ts=until_ts,
                 project=scope.project,
+                live_at=to_epoch(self._clock()),
             )
             if topic:
                 query = self._embedder.embed_query(topic)
@@ -191,6 +205,7 @@ class Summarizer:
             statuses=("active",),
             until_ts=group[0].event_ts - 1e-6,
             project=scope.project,
+            live_at=to_epoch(self._clock()),
         )
         found = self._store.nearest(centroid, where, self._settings.seeds)
         return sorted(map(Fact.read, found), key=lambda fact: fact.event_ts)

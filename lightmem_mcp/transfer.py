@@ -6,7 +6,8 @@ every other line is one point: its id, whether it has vectors in the store, its 
 
 Import reads the file once into a private copy, checking every line (encoding, schema, and the limits
 `add_memory` applies) and choosing every point's id; only then does it upsert, in batches. So a bad
-line writes nothing, and importing twice changes nothing. A point keeps its id when that id belongs to
+line writes nothing, and importing twice changes nothing; an import cancelled between two batches is
+finished by importing the same file again. A point keeps its id when that id belongs to
 the scope its payload names; a point whose scope was edited in the file is copied into that scope under
 the id the project derives there (the original is never moved or touched). Sparse lexical vectors are
 always recomputed; dense vectors are recomputed when they were not exported, came from another embedder,
@@ -33,7 +34,7 @@ from typing import Annotated, Literal, TextIO, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from lightmem_mcp.api import ExportResult, ImportResult
+from lightmem_mcp.api import ExportResult, ImportResult, Progress, Stop
 from lightmem_mcp.config import LimitSettings
 from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.indexing import RecordWriter
@@ -43,6 +44,8 @@ from lightmem_mcp.records import (
     Fact,
     FoundPoint,
     Kind,
+    MetadataValue,
+    PurgeCount,
     Record,
     RecordFilter,
     Role,
@@ -53,6 +56,7 @@ from lightmem_mcp.records import (
     Summary,
     SummaryMark,
     Turn,
+    check_metadata,
     has_words,
     kind_of,
     missing_field,
@@ -60,12 +64,13 @@ from lightmem_mcp.records import (
     redact_words,
     scope_of,
     view,
+    with_caller_fields,
     with_references,
 )
 from lightmem_mcp.redact import SecretRedactor
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.store.schema import SCHEMA_VERSION, StoreLayout
-from lightmem_mcp.timestamps import now
+from lightmem_mcp.timestamps import ACCEPTED, now, parse_timestamp, to_epoch
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +198,10 @@ class _MemoryPayload(_Payload):
     window_key: str | None = None
     topic: str | None = None
     context: list[str] = Field(default_factory=list, description="A turn's earlier turns, lexically indexed with it.")
+    # The caller's metadata and expiry (absent in an export of an earlier release: none, never): checked by
+    # `_caller_fields` with add_memory's rules. `expires_at` is what counts; `expires_ts` is derived again.
+    metadata: JsonValue = None
+    expires_at: str | None = None
 
 
 def export_points(
@@ -274,9 +283,13 @@ def import_points(
     source: TextIO,
     limits: LimitSettings,
     redactor: SecretRedactor | None = None,
+    *,
+    progress: Progress | None = None,
+    stop: Stop | None = None,
 ) -> ImportResult:
     """Check the whole export and place every point, then upsert in batches; a bad file raises `InvalidInput`
-    naming the line and field, and writes nothing."""
+    naming the line and field, and writes nothing. Once `stop` says so, it ends before the next batch
+    (`progress` hears of each); the result says how many points were written."""
     longest = _longest_line(limits)
     # A private copy: read the source once (it may be a pipe), and write exactly what was checked.
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as copy:
@@ -304,12 +317,25 @@ def import_points(
                 layout.dimension,
             )
         kinds: Counter[str] = Counter()
-        embedded = kept = 0
+        embedded = kept = copied = 0
+        cancelled = False
         try:
             for batch in _batches(_points(lines, header, limits), _BATCH):
+                if stop is not None and stop():
+                    cancelled = True
+                    log.info(
+                        "import cancelled after writing %d of %d points; importing the same file again writes the rest",
+                        sum(kinds.values()),
+                        len(origins),
+                    )
+                    break
                 fresh, reused = _write(store, writer, batch, placed, reuse, kinds, redactor)
                 embedded += fresh
                 kept += reused
+                copied += sum(number in placed.ids for number, _, _ in batch)
+                if progress is not None:
+                    written = sum(kinds.values())
+                    progress(written, len(origins), f"imported {written} of {len(origins)} points")
         except BaseException:
             log.error(
                 "import stopped after writing %d of %d points; importing the same file again is safe",
@@ -322,7 +348,9 @@ def import_points(
         by_kind=dict(sorted(kinds.items())),
         embedded=embedded,
         vectors_kept=kept,
-        copied=len(placed.ids),
+        copied=copied,
+        cancelled=cancelled,
+        points_left=len(origins) - sum(kinds.values()),
     )
 
 
@@ -396,6 +424,8 @@ def _origin(number: int, point: ExportedPoint, payload: _Payload) -> _Origin:
                 key = Fact.key(payload.source_ids, payload.text)
     elif SummaryMark.is_mark(point.payload):
         key = SummaryMark.KEY  # other progress points are placed like ledger entries
+    elif PurgeCount.is_count(point.payload):
+        key = PurgeCount.KEY
     derived = None if key is None else record_id(scope, payload.kind, key)
     return _Origin(number, point_id, scope, payload.kind, derived, merges, created_ts)
 
@@ -476,7 +506,8 @@ def _write(
         # An exported vector is kept only for a point written under its own id and words: a copy may index
         # differently, and redacted words must be embedded again.
         dense = point.dense if reuse_vectors and point_id == str(point.id) and not redacted else None
-        fields: dict[str, object] = dict(payload)
+        # The indexed forms of metadata and expiry are made here again, never taken from the file.
+        fields: dict[str, object] = with_caller_fields(payload, *_caller_fields(f"line {number}", checked))
         memories.append(view(FoundPoint(point_id, fields, dense=dense)))
     store.upsert([*plain, *writer.points(memories, keep_dense=True)])
     kept = sum(1 for record in memories if record.dense is not None)
@@ -555,6 +586,23 @@ def _check_memory(where: str, payload: _MemoryPayload) -> None:
         raise InvalidInput(f"{where}: payload.source_ids", "empty: a turn keeps its message id there")
     if payload.kind == "summary" and (payload.window is None or payload.window_key is None):
         raise InvalidInput(f"{where}: payload.window", "missing: a summary names its window and window_key")
+    _caller_fields(where, payload)
+
+
+def _caller_fields(where: str, payload: _Payload) -> tuple[dict[str, MetadataValue], float | None]:
+    """A memory's metadata and expiry (epoch seconds), held to add_memory's rules; an expiry already past
+    is kept (the memory stays hidden and the sleep-time job deletes it)."""
+    if not isinstance(payload, _MemoryPayload):
+        return {}, None
+    metadata = check_metadata(payload.metadata, f"{where}: payload.metadata")
+    if payload.expires_at is None:
+        return metadata, None
+    try:
+        return metadata, to_epoch(parse_timestamp(payload.expires_at))
+    except ValueError:
+        raise InvalidInput(
+            f"{where}: payload.expires_at", f"{payload.expires_at!r} is not a time; use {ACCEPTED}"
+        ) from None
 
 
 def _check_values(where: str, line: dict[str, object], limits: LimitSettings) -> None:

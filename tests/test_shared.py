@@ -95,6 +95,30 @@ def test_messages_without_ids_get_them_before_forwarding_so_a_resend_replaces(
     assert len(door.list(ALICE).records) == 1
 
 
+def test_metadata_and_expiry_cross_the_channel_to_the_owner_and_back(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, servers: list[SharedMemory]
+) -> None:
+    settings = shared_settings(tmp_path / "data")
+    owner = start(settings, embedder, servers)
+    door = start(settings, embedder, servers)
+    tags = {"habit": "morning", "cups": 2, "green": True, "strength": 0.5}
+
+    door.add(TEA, ALICE, metadata=tags, ttl=3600)
+    door.add([Message(role="user", content="I cycle to work.", id="bike-1")], ALICE, metadata={"habit": "commute"})
+
+    (first, second) = sorted(owner.list(ALICE, metadata={"habit": "morning"}).records, key=lambda r: r.source_ids)
+    assert first.metadata == second.metadata == tags
+    assert first.expires_at is not None
+    assert sorted(r.source_ids[0] for r in door.list(ALICE, metadata={"cups": 2, "green": True}).records) == [
+        "tea-1",
+        "tea-2",
+    ]
+    assert [r.source_ids for r in door.list(ALICE, metadata={"habit": "commute"}).records] == [["bike-1"]]
+    with pytest.raises(InvalidInput) as refused:
+        door.add(TEA, ALICE, metadata={"cups": float("nan")})
+    assert refused.value.field == "metadata.cups"
+
+
 def test_errors_and_progress_cross_the_channel_as_the_owner_raised_them(
     tmp_path: Path, embedder: SentenceTransformerEmbedder, servers: list[SharedMemory]
 ) -> None:

@@ -83,3 +83,24 @@ def test_the_interval_runs_on_its_own(
         assert service.store.count(waiting) == 0
     finally:
         service.close()  # wakes the worker: it does not wait out the interval
+
+
+def test_expired_memories_are_deleted_on_their_own_cadence_without_an_llm(
+    settings: Settings, embedder: SentenceTransformerEmbedder
+) -> None:
+    # No LLM and no consolidation schedule: only the purge runs, every 0.6 s here.
+    service = open_memory(settings.model_copy(update={"sleep": SleepSettings(purge_interval_minutes=0.01)}), embedder)
+    service.sleep.start()
+    try:
+        kept = service.add(messages(MONDAY[:1]), MAYA)
+        service.add(messages(TUESDAY[:1]), MAYA, ttl=1)
+        deadline = time.monotonic() + 60
+        while service.stats(MAYA).expired_purged == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stats = service.stats(MAYA)
+        stored = [p.id for p in service.store.scroll(RecordFilter("maya", kinds=("turn",)), 10)]
+    finally:
+        service.close()
+
+    assert (stats.expired_purged, stats.expired_pending) == (1, 0)
+    assert stored == kept.ids  # deleted from the store, not only hidden

@@ -5,8 +5,8 @@ public API, and holds that version's answers on it (v2store/expected.json); fixt
 says how. This version must read the stored payloads unchanged: no migration, no re-index, and the
 same records, histories, stats, hits and recalled context. Float scores are compared to 1e-6 (the
 query is embedded again at each call); everything else exactly, but for the fields added since
-(`ADDED_FIELDS`), which must say that every record is in the user's global tier and that no daily
-budget is set.
+(`ADDED_FIELDS`), which must say that every record is in the user's global tier, has no metadata and
+never expires, and that no daily budget is set and nothing expired.
 """
 
 from __future__ import annotations
@@ -24,8 +24,16 @@ from lightmem_mcp.records import Scope
 FIXTURES = Path(__file__).parent / "fixtures"
 SCORE_TOLERANCE = 1e-6
 # Result fields added since the fixture was written, with the value every record it holds must show:
-# all of them were stored before projects, in the user's global tier.
-ADDED_FIELDS: dict[str, Any] = {"project": None, "tier": "global", "budget": None}
+# all of them were stored before projects, in the user's global tier, with no metadata and no expiry.
+ADDED_FIELDS: dict[str, Any] = {
+    "project": None,
+    "tier": "global",
+    "budget": None,
+    "metadata": {},
+    "expires_at": None,
+    "expired_purged": 0,
+    "expired_pending": 0,
+}
 
 
 def previous_version_store(tmp_path: Path) -> tuple[Settings, dict[str, Any]]:

@@ -114,6 +114,10 @@ class VectorStore(Protocol):
         """The exact scopes (user, agent, session, project) of records of `kind` at `stage`, across
         users: turns waiting for extraction (the default), facts waiting for consolidation."""
 
+    def expired_scopes(self, at: float, limit: int) -> list[Scope]:
+        """The exact scopes holding records expired at `at` (epoch seconds), across users, found among
+        up to `limit` of those records: the purge's work."""
+
     def count(self, where: RecordFilter) -> int:
         """How many records match."""
 

@@ -15,7 +15,15 @@ import qdrant_edge as qe
 
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch, StoreInUse
 from lightmem_mcp.privacy import private_directory
-from lightmem_mcp.records import PROJECT_FIELD, FoundPoint, RecordFilter, Scope, SparseVector, StoredPoint
+from lightmem_mcp.records import (
+    EXPIRES_FIELD,
+    PROJECT_FIELD,
+    FoundPoint,
+    RecordFilter,
+    Scope,
+    SparseVector,
+    StoredPoint,
+)
 from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
@@ -176,6 +184,16 @@ class EdgeStore:
         )
         return scopes_of(r.payload or {} for r in records)
 
+    def expired_scopes(self, at: float, limit: int) -> list[Scope]:
+        """Scopes with records expired at `at`; crosses users like `pending_scopes`, for the purge."""
+        flt = qe.Filter(must=[qe.FieldCondition(EXPIRES_FIELD, range=qe.RangeFloat(lte=at))])
+        records, _ = self._shard.scroll(
+            qe.ScrollRequest(
+                limit=limit, filter=flt, with_payload=[TENANT_FIELD, "agent_id", "session_id", PROJECT_FIELD]
+            )
+        )
+        return scopes_of(r.payload or {} for r in records)
+
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
         return self._shard.count(qe.CountRequest(exact=True, filter=_filter(where)))
@@ -274,6 +292,7 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
     must: list[Any] = [qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in where.equal()]
     must += [qe.IsEmptyCondition(key) for key in where.unset()]
     must += [qe.FieldCondition(key, match=qe.MatchAny(values)) for key, values in where.any_of()]
+    must += [qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in where.all_of()]
     tiers = where.tiers()
     if tiers is not None:
         projects, with_global = tiers
@@ -283,6 +302,11 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qe.Filter:
         must.append(options[0] if len(options) == 1 else qe.Filter(should=options))
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qe.FieldCondition("event_ts", range=qe.RangeFloat(gte=where.since_ts, lte=where.until_ts)))
+    if where.live_at is not None:  # records without an expiry never expire
+        alive = qe.FieldCondition(EXPIRES_FIELD, range=qe.RangeFloat(gt=where.live_at))
+        must.append(qe.Filter(should=[qe.IsEmptyCondition(EXPIRES_FIELD), alive]))
+    if where.expired_at is not None:
+        must.append(qe.FieldCondition(EXPIRES_FIELD, range=qe.RangeFloat(lte=where.expired_at)))
     if where.term is not None:
         must.append(qe.FieldCondition("terms", match=qe.MatchValue(where.term)))
     if where.ids:

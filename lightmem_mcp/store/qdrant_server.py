@@ -13,7 +13,15 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from lightmem_mcp.errors import BackendUnavailable
-from lightmem_mcp.records import PROJECT_FIELD, FoundPoint, RecordFilter, Scope, SparseVector, StoredPoint
+from lightmem_mcp.records import (
+    EXPIRES_FIELD,
+    PROJECT_FIELD,
+    FoundPoint,
+    RecordFilter,
+    Scope,
+    SparseVector,
+    StoredPoint,
+)
 from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
@@ -59,10 +67,11 @@ class QdrantServerStore:
         self._layout = layout
         self._metadata = found
         self.stale = check_layout(found, layout, where)
-        # A keyword index added within the current schema (the project's) is created as a collection
-        # of an earlier release opens: no re-index, since its records hold no project and the tier
-        # filter reads a missing field as the global tier. A stale collection gets it when re-indexed.
-        missing = [name for name in KEYWORD_FIELDS if name not in (info.payload_schema or {})]
+        # An index added within the current schema (the project's, the metadata pairs', the expiry's)
+        # is created as a collection of an earlier release opens: no re-index, since its records hold
+        # none of those fields and the filters read a missing one as the global tier, no metadata and no
+        # expiry. A stale collection gets them when re-indexed.
+        missing = [name for name in (*KEYWORD_FIELDS, *FLOAT_FIELDS) if name not in (info.payload_schema or {})]
         if exists and missing and not self.stale:
             try:
                 self._create_indexes(missing)
@@ -85,14 +94,15 @@ class QdrantServerStore:
             log.info("collection %s was created concurrently: %s", self._collection, exc)
         self._create_indexes()
 
-    def _create_indexes(self, keywords: Sequence[str] | None = None) -> None:
-        """Every payload index, or only the given keyword ones."""
+    def _create_indexes(self, only: Sequence[str] | None = None) -> None:
+        """Every payload index, or only the given keyword and float ones."""
         with warnings.catch_warnings():
             # Local mode (tests) warns that payload indexes are no-ops there.
             warnings.simplefilter("ignore", UserWarning)
-            if keywords is not None:
-                for name in keywords:
-                    self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.KEYWORD)
+            if only is not None:
+                for name in only:
+                    kind = qm.PayloadSchemaType.FLOAT if name in FLOAT_FIELDS else qm.PayloadSchemaType.KEYWORD
+                    self._client.create_payload_index(self._collection, name, kind)
                 return
             self._client.create_payload_index(
                 self._collection,
@@ -182,6 +192,17 @@ class QdrantServerStore:
         )
         return scopes_of(r.payload or {} for r in records)
 
+    def expired_scopes(self, at: float, limit: int) -> list[Scope]:
+        """Scopes with records expired at `at`; crosses users like `pending_scopes`, for the purge."""
+        flt = qm.Filter(must=[qm.FieldCondition(key=EXPIRES_FIELD, range=qm.Range(lte=at))])
+        records, _ = self._client.scroll(
+            self._collection,
+            scroll_filter=flt,
+            limit=limit,
+            with_payload=[TENANT_FIELD, "agent_id", "session_id", PROJECT_FIELD],
+        )
+        return scopes_of(r.payload or {} for r in records)
+
     def count(self, where: RecordFilter) -> int:
         """Exact count."""
         return self._client.count(self._collection, count_filter=_filter(where), exact=True).count
@@ -258,6 +279,7 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
     must: list[Any] = [qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in where.equal()]
     must += [qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)) for key in where.unset()]
     must += [qm.FieldCondition(key=key, match=qm.MatchAny(any=values)) for key, values in where.any_of()]
+    must += [qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in where.all_of()]
     tiers = where.tiers()
     if tiers is not None:
         projects, with_global = tiers
@@ -269,6 +291,11 @@ def _filter(where: RecordFilter, skip_ids: Sequence[str] = ()) -> qm.Filter:
         must.append(options[0] if len(options) == 1 else qm.Filter(should=options))
     if where.since_ts is not None or where.until_ts is not None:
         must.append(qm.FieldCondition(key="event_ts", range=qm.Range(gte=where.since_ts, lte=where.until_ts)))
+    if where.live_at is not None:  # records without an expiry never expire
+        alive = qm.FieldCondition(key=EXPIRES_FIELD, range=qm.Range(gt=where.live_at))
+        must.append(qm.Filter(should=[qm.IsEmptyCondition(is_empty=qm.PayloadField(key=EXPIRES_FIELD)), alive]))
+    if where.expired_at is not None:
+        must.append(qm.FieldCondition(key=EXPIRES_FIELD, range=qm.Range(lte=where.expired_at)))
     if where.term is not None:
         must.append(qm.FieldCondition(key="terms", match=qm.MatchValue(value=where.term)))
     if where.ids:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightmem_mcp.errors import SchemaMismatch
-from lightmem_mcp.records import PROJECT_FIELD
+from lightmem_mcp.records import EXPIRES_FIELD, METADATA_PAIRS_FIELD, PROJECT_FIELD
 
 # 2: contextual indexing (who said it, the turns before it) and lexical IDF from the caller's own
 # records (no collection-wide modifier, a `terms` index to count them). Older stores are re-indexed.
@@ -30,8 +30,11 @@ KEYWORD_FIELDS = (
     # Added within schema 2: a store opened without it gets the index at open (no re-index: records
     # written before hold no project, and the tier filter reads a missing field as the global tier).
     PROJECT_FIELD,
+    # Added within schema 2 as well, the same way: records written before hold no metadata and never
+    # expire, which is how the filters read a missing field.
+    METADATA_PAIRS_FIELD,
 )
-FLOAT_FIELDS = ("event_ts", "created_ts")
+FLOAT_FIELDS = ("event_ts", "created_ts", EXPIRES_FIELD)
 # The lexical term ids of each record: counted per user for the query's IDF.
 INTEGER_FIELDS = ("terms",)
 

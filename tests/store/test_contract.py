@@ -18,7 +18,16 @@ from lightmem_mcp.config import SearchMode
 from lightmem_mcp.errors import BackendUnavailable, SchemaMismatch
 from lightmem_mcp.fusion import Fusion, fuse
 from lightmem_mcp.lexical import LexicalEncoder
-from lightmem_mcp.records import GLOBAL, FoundPoint, RecordFilter, Scope, StoredPoint
+from lightmem_mcp.records import (
+    GLOBAL,
+    FoundPoint,
+    MetadataValue,
+    RecordFilter,
+    Scope,
+    StoredPoint,
+    caller_fields,
+    metadata_pairs,
+)
 from lightmem_mcp.store import VectorStore
 from lightmem_mcp.store.edge import EdgeStore
 from lightmem_mcp.store.qdrant_server import QdrantServerStore
@@ -536,6 +545,94 @@ def test_a_delete_by_project_leaves_the_global_tier_and_other_projects(store: Ve
 
     assert sorted(names(store.scroll(ALICE, 10))) == ["cli1", "global"]
     assert names(store.scroll(RecordFilter("bob"), 10)) == ["bobweb"]
+
+
+# -- the caller's metadata and expiry --------------------------------------------------------
+
+
+def tagged() -> list[StoredPoint]:
+    """Records with metadata of every value type, one with look-alike strings, and one with none."""
+    return [
+        memory("red", **caller_fields({"color": "red", "n": 2, "urgent": True}, None)),
+        memory("blue", **caller_fields({"color": "blue", "n": 2.5, "urgent": False}, None)),
+        memory("strings", **caller_fields({"color": "Red", "n": "2", "urgent": "true"}, None)),
+        memory("plain"),
+        memory("bob-red", user_id="bob", **caller_fields({"color": "red"}, None)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        pytest.param({"color": "red"}, ["red"], id="one pair, case kept, another user's left out"),
+        pytest.param({"color": "red", "n": 2}, ["red"], id="two pairs"),
+        pytest.param({"color": "red", "n": 3}, [], id="every pair must hold"),
+        pytest.param({"n": 2.0}, ["red"], id="a whole float matches the integer"),
+        pytest.param({"n": 2.5}, ["blue"], id="a float"),
+        pytest.param({"urgent": True}, ["red"], id="a boolean matches no string"),
+        pytest.param({"urgent": False}, ["blue"], id="false"),
+        pytest.param({"urgent": "true"}, ["strings"], id="a string matches no boolean"),
+        pytest.param({"n": "2"}, ["strings"], id="a string matches no number"),
+        pytest.param({"shape": "round"}, [], id="a key no record has"),
+    ],
+)
+def test_metadata_filters_by_equality_on_every_pair(
+    store: VectorStore, metadata: dict[str, MetadataValue], expected: list[str]
+) -> None:
+    store.upsert(tagged())
+    where = replace(ALICE, metadata_pairs=metadata_pairs(metadata))
+
+    assert sorted(names(store.scroll(where, 10))) == expected
+    assert store.count(where) == len(expected)
+    assert sorted(names(store.nearest(unit("note red"), where, 10))) == expected
+    assert sorted(names(search(store, "note", where, mode="sparse"))) == expected
+
+
+def expiring() -> list[StoredPoint]:
+    """Alice's records that never expire, expire at 1000 and at 2000; Bob's and a session's expiring at 1000."""
+    return [
+        memory("forever"),
+        memory("soon", **caller_fields({}, 1000.0)),
+        memory("later", **caller_fields({}, 2000.0)),
+        memory("session-soon", session_id="s1", **caller_fields({}, 1000.0)),
+        memory("bob-soon", user_id="bob", **caller_fields({}, 1000.0)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        pytest.param(replace(ALICE, live_at=999.0), ["forever", "later", "session-soon", "soon"], id="before"),
+        pytest.param(replace(ALICE, live_at=1000.0), ["forever", "later"], id="expired at its expiry"),
+        pytest.param(replace(ALICE, live_at=5000.0), ["forever"], id="no expiry never expires"),
+        pytest.param(replace(ALICE, expired_at=999.0), [], id="nothing expired yet"),
+        pytest.param(replace(ALICE, expired_at=1000.0), ["session-soon", "soon"], id="the expired"),
+        pytest.param(replace(ALICE, live_at=1000.0, session_id="s1"), [], id="with other fields"),
+    ],
+)
+def test_expiry_hides_records_from_live_reads_and_finds_them_for_the_purge(
+    store: VectorStore, where: RecordFilter, expected: list[str]
+) -> None:
+    store.upsert(expiring())
+
+    assert sorted(names(store.scroll(where, 10))) == expected
+    assert store.count(where) == len(expected)
+    assert sorted(names(store.nearest(unit("note soon"), where, 10))) == expected
+    assert sorted(names(list(store.scan(where)))) == expected
+
+
+def test_expired_scopes_lists_each_scope_holding_expired_records_across_users(store: VectorStore) -> None:
+    store.upsert(expiring())
+
+    assert store.expired_scopes(999.0, 100) == []
+    assert sorted(store.expired_scopes(1000.0, 100), key=str) == sorted(
+        [Scope("alice"), Scope("alice", session_id="s1"), Scope("bob")], key=str
+    )
+
+    store.delete(replace(ALICE, expired_at=1000.0))
+
+    assert sorted(names(store.scroll(ALICE, 10))) == ["forever", "later"]
+    assert store.expired_scopes(1000.0, 100) == [Scope("bob")]
 
 
 # -- scan: every point, for export and accounting --------------------------------------------
