@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +65,9 @@ _EXPIRES_AT = (
 
 
 # -- Inputs ------------------------------------------------------------------------------
+
+# A metadata value as a caller sends it: its schema states the string limit the service checks.
+MetadataInput = Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)] | int | float | bool
 
 
 class Message(BaseModel):
@@ -122,7 +125,7 @@ class SearchFilters(BaseModel):
     include_superseded: bool = Field(
         default=False, description="Also facts that newer facts updated or contradicted (see memory_history)."
     )
-    metadata: dict[str, MetadataValue] | None = Field(
+    metadata: dict[str, MetadataInput] | None = Field(
         default=None,
         max_length=MAX_METADATA_KEYS,
         description="Only memories whose metadata holds every one of these key: value pairs (equality; a whole "

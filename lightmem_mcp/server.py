@@ -36,6 +36,7 @@ from lightmem_mcp.api import (
     ListResult,
     MemoryRecord,
     Message,
+    MetadataInput,
     Progress,
     RecallResult,
     SearchFilters,
@@ -69,7 +70,6 @@ from lightmem_mcp.records import (
     MAX_TTL_S,
     MIN_TTL_S,
     Kind,
-    MetadataValue,
     Scope,
 )
 from lightmem_mcp.resources import ICON, listed_resources, register_resources, resource_links
@@ -132,7 +132,7 @@ Filters = Annotated[
     SearchFilters | None, Field(description="Optional: kinds, roles, speakers, since / until, metadata.")
 ]
 Metadata = Annotated[
-    dict[str, MetadataValue] | None,
+    dict[str, MetadataInput] | None,
     Field(
         max_length=MAX_METADATA_KEYS,
         description=f'Optional: your tags on these messages, e.g. {{"source": "slack", "priority": 2}}: at most '
@@ -457,8 +457,9 @@ def _register_tools(server: MCPServer, calls: Calls, settings: Settings, project
         expires_at: Annotated[
             Time,
             Field(
-                description="Optional: when these memories expire (ISO 8601, in the future): from then on they are "
-                "left out of every read and later deleted. Not with ttl."
+                description="Optional: when these memories expire (ISO 8601, in the future, at most "
+                f"{MAX_TIME_CHARS} characters): from then on they are left out of every read and later deleted. "
+                "Not with ttl."
             ),
         ] = None,
         ttl: Annotated[
@@ -597,7 +598,7 @@ def _register_tools(server: MCPServer, calls: Calls, settings: Settings, project
             bool, Field(description="Also facts that newer facts updated or contradicted.")
         ] = False,
         metadata: Annotated[
-            dict[str, MetadataValue] | None,
+            dict[str, MetadataInput] | None,
             Field(
                 max_length=MAX_METADATA_KEYS,
                 description="Optional: only records whose metadata holds every one of these key: value pairs "

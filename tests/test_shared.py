@@ -306,3 +306,18 @@ def test_one_front_door_at_a_time_keeps_the_model_loaded_for_the_takeover(
     while not second.standby and time.monotonic() < deadline:
         time.sleep(0.05)
     assert second.standby  # the next front door is the successor now
+
+
+def test_what_resources_prompts_and_completions_read_crosses_the_channel(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, servers: list[SharedMemory]
+) -> None:
+    settings = shared_settings(tmp_path / "data")
+    owner = start(settings, embedder, servers)
+    door = start(settings, embedder, servers)
+    door.add(TEA, Scope("alice", session_id="kitchen"))
+    written = door.summarize(ALICE, window="day")
+
+    assert [s.id for s in door.summaries(ALICE, "day")] == [s.id for s in written.summaries]
+    assert door.summaries(ALICE, "week") == []
+    assert door.forget_preview(ALICE) == owner.forget_preview(ALICE) == {"turn": 2, "summary": 1}
+    assert door.suggest(ALICE, "session_id", "kit") == ["kitchen"]
