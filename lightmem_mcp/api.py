@@ -7,6 +7,7 @@ pipeline modules fill these models in; the stored data model (scopes, filters, p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
@@ -37,6 +38,39 @@ Progress = Callable[[float, float, str], None]
 
 # True once the caller has cancelled: stop at the next batch boundary.
 Stop = Callable[[], bool]
+
+
+class StopFlag:
+    """A `Stop` that its caller sets, and that tells whoever waits on the call at once (a front door
+    relaying the cancel to the owner of a shared store) instead of when they next ask."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def __call__(self) -> bool:
+        """Whether the caller has cancelled."""
+        return self._set
+
+    def set(self) -> None:
+        """Cancel: every listener hears it once."""
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener()
+
+    def on_set(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when the flag is set (at once, if it already is)."""
+        with self._lock:
+            if not self._set:
+                self._listeners.append(listener)
+                return
+        listener()
+
 
 _CANCELLED = "True when the call was cancelled: it stopped at a batch boundary; the counts say what was done."
 

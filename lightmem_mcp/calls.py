@@ -22,7 +22,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.resolve import ListRoots
 from mcp.types import ListRootsResult
 
-from lightmem_mcp.api import Stop
+from lightmem_mcp.api import Stop, StopFlag
 from lightmem_mcp.auth import acting_user, check_access
 from lightmem_mcp.config import Settings
 from lightmem_mcp.errors import BackendUnavailable, InvalidInput, LightMemError
@@ -144,14 +144,14 @@ class InFlight:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stops: dict[RequestKey, threading.Event] = {}
+        self._stops: dict[RequestKey, StopFlag] = {}
 
-    def add(self, key: RequestKey, stop: threading.Event) -> None:
+    def add(self, key: RequestKey, stop: StopFlag) -> None:
         """A call has started."""
         with self._lock:
             self._stops[key] = stop
 
-    def discard(self, key: RequestKey, stop: threading.Event) -> None:
+    def discard(self, key: RequestKey, stop: StopFlag) -> None:
         """A call has ended."""
         with self._lock:
             if self._stops.get(key) is stop:
@@ -212,7 +212,7 @@ class Calls:
         JSON-RPC id) lets a cancellation that reaches the server apart from it find it (`InFlight`)."""
         check_access(access)
         memory = await self.provider.get()
-        stop = threading.Event()
+        stop = StopFlag()
         finished = threading.Event()
         token = get_access_token()
         key: RequestKey = (token.token if token is not None else None, request or "")
@@ -221,7 +221,7 @@ class Calls:
 
         def work() -> T:
             try:
-                return call(memory, stop.is_set)
+                return call(memory, stop)
             finally:
                 finished.set()
 

@@ -64,6 +64,7 @@ from lightmem_mcp.api import (
     SearchResult,
     StatsResult,
     Stop,
+    StopFlag,
     Suggestion,
     SummarizeResult,
     SummaryInfo,
@@ -116,6 +117,8 @@ _DRAIN_S = 30.0
 # Unix socket paths are limited to ~104 bytes (macOS) / 108 (Linux).
 _MAX_SOCKET_PATH = 100
 _POLL_S = 0.05
+# How often a front door waiting for a stoppable call asks whether its caller cancelled.
+_STOP_POLL_S = 0.1
 # How long a front door without the model loaded leaves the takeover to the successor, which has it.
 _SUCCESSOR_GRACE_S = 2.0
 
@@ -357,6 +360,8 @@ class _OwnerChannel:
         self._successor: int | None = None
         self._running = 0
         self._idle = threading.Condition(self._lock)
+        # The stop flags of the front doors' calls running now, by connection and call id.
+        self._stops: dict[tuple[int, object], threading.Event] = {}
         self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="lightmem-owner")
         if channel == "unix":
             path = files.socket
@@ -420,7 +425,10 @@ class _OwnerChannel:
             welcome = {**self.info.model_dump(exclude={"secret"}), "front_doors": front_doors, "successor": successor}
             send({"welcome": welcome})
             while (message := _read_message(reader)) is not None:
-                self._start_call(message, send)
+                if "cancel" in message:
+                    self._cancel(id(conn), message["cancel"])
+                else:
+                    self._start_call(message, send, id(conn))
         except (OSError, ValueError) as exc:
             log.debug("front door connection ended: %s", exc)
         finally:
@@ -459,16 +467,31 @@ class _OwnerChannel:
             )
         return None
 
-    def _start_call(self, message: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+    def _start_call(self, message: dict[str, Any], send: Callable[[dict[str, Any]], None], door: int) -> None:
         call_id = message.get("id")
+        stop = threading.Event()
+        if message.get("cancelled"):
+            stop.set()
         with self._lock:
             if self._closing:
                 send({"id": call_id, "closing": True})
                 return
             self._running += 1
-        self._pool.submit(self._run_call, message, send)
+            # Known before the call runs: a cancel read right after the call finds it.
+            self._stops[(door, call_id)] = stop
+        self._pool.submit(self._run_call, message, send, stop, door)
 
-    def _run_call(self, message: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
+    def _cancel(self, door: int, call_id: object) -> None:
+        """A front door's caller cancelled: its call stops at the next batch boundary."""
+        with self._lock:
+            stop = self._stops.get((door, call_id))
+        log.debug("a front door cancelled its call %s (%s)", call_id, "running" if stop is not None else "done")
+        if stop is not None:
+            stop.set()
+
+    def _run_call(
+        self, message: dict[str, Any], send: Callable[[dict[str, Any]], None], stop: threading.Event, door: int
+    ) -> None:
         call_id = message.get("id")
         try:
             name = str(message.get("call"))
@@ -481,6 +504,8 @@ class _OwnerChannel:
                     send({"id": call_id, "progress": [done, total, note]})
 
                 kwargs["progress"] = progress
+            if signature.takes_stop:
+                kwargs["stop"] = stop.is_set
             result = getattr(self._memory, name)(**kwargs)
             send({"id": call_id, "result": signature.result.dump_python(result, mode="json")})
         except Exception as exc:
@@ -489,6 +514,7 @@ class _OwnerChannel:
             send({"id": call_id, "error": _error_payload(exc)})
         finally:
             with self._idle:
+                self._stops.pop((door, call_id), None)
                 self._running -= 1
                 self._idle.notify_all()
 
@@ -547,7 +573,7 @@ class _OwnerGone(Exception):
     """The owner closed the connection or is closing: send the call again after the handover."""
 
 
-_Event = tuple[Literal["progress", "result", "error", "gone"], Any]
+_Event = tuple[Literal["progress", "result", "error", "gone", "stop"], Any]
 
 
 class _Connection:
@@ -624,8 +650,9 @@ class _Connection:
         """Whether the owner has gone."""
         return self._gone
 
-    def call(self, name: str, args: dict[str, Any], progress: Progress | None) -> Any:
-        """The call's JSON result; raises the owner's error, or `_OwnerGone`."""
+    def call(self, name: str, args: dict[str, Any], progress: Progress | None, stop: Stop | None = None) -> Any:
+        """The call's JSON result; raises the owner's error, or `_OwnerGone`. Once `stop` says so, the
+        owner is told to stop the call at its next batch boundary; its result still comes back."""
         replies: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         with self._lock:
             if self._gone:
@@ -634,11 +661,25 @@ class _Connection:
             call_id = self._next_id
             self._pending[call_id] = replies
         try:
-            line = json.dumps({"id": call_id, "call": name, "args": args, "progress": progress is not None})
+            # A call cancelled before it is sent goes with its stop already set; a `StopFlag` wakes this
+            # wait the moment it is set, another `Stop` is asked every `_STOP_POLL_S`.
+            cancelled = stop is not None and stop()
+            if isinstance(stop, StopFlag):
+                stop.on_set(lambda: replies.put(("stop", None)))
+            call = {"id": call_id, "call": name, "args": args, "progress": progress is not None, "cancelled": cancelled}
             with self._send_lock:
-                self._sock.sendall(line.encode() + b"\n")
+                self._sock.sendall(json.dumps(call).encode() + b"\n")
             while True:
-                kind, value = replies.get()
+                if stop is not None and not cancelled and stop():
+                    cancelled = True
+                    with self._send_lock:
+                        self._sock.sendall(json.dumps({"cancel": call_id}).encode() + b"\n")
+                try:
+                    kind, value = replies.get(timeout=_STOP_POLL_S if stop is not None and not cancelled else None)
+                except queue.Empty:
+                    continue
+                if kind == "stop":
+                    continue  # the caller cancelled: told to the owner above
                 if kind == "progress":
                     if progress is not None:
                         progress(*value)
@@ -829,12 +870,12 @@ class SharedMemory:
                 if signature.takes_stop:
                     callbacks["stop"] = stop
                 return method(**kwargs, **callbacks)
-            # A front door ignores `stop`: the call runs in the owner, which no callback reaches.
+            # A front door hands `stop` on: it tells the owner to stop the call once it says so.
             if door is not None and not door.gone:
                 signature = _signature(name)
                 args = {k: signature.arguments[k].dump_python(v, mode="json") for k, v in kwargs.items()}
                 try:
-                    value = door.call(name, args, progress)
+                    value = door.call(name, args, progress, stop)
                 except _OwnerGone:
                     pass
                 else:

@@ -295,7 +295,7 @@ def test_a_summary_run_cancelled_before_it_starts_writes_and_calls_nothing(
     assert len(llm_server.requests) == calls and payloads(two_sessions, "maya", "summary") == []
 
 
-def test_only_the_owner_of_a_shared_store_can_stop_a_call(
+def test_a_front_door_stops_a_call_that_runs_in_the_owner(
     tmp_path: Path, embedder: SentenceTransformerEmbedder
 ) -> None:
     settings = shared_settings(tmp_path / "data")
@@ -307,14 +307,16 @@ def test_only_the_owner_of_a_shared_store_can_stop_a_call(
             owner.add(dated(rows), Scope("maya", session_id=session))
 
         stopped = owner.summarize(MAYA, window="session", stop=lambda: True)
-        # A stop cannot cross to the owner: the front door's call runs to the end.
+        # The front door's caller cancels: the door tells the owner, whose run stops before a window.
         forwarded = door.summarize(MAYA, window="session", stop=lambda: True)
+        finished = door.summarize(MAYA, window="session")
     finally:
         for server in reversed(servers):
             server.close()
 
     assert (stopped.cancelled, stopped.summaries) == (True, [])
-    assert not forwarded.cancelled and len(forwarded.summaries) == 2
+    assert (forwarded.cancelled, forwarded.summaries) == (True, [])
+    assert not finished.cancelled and len(finished.summaries) == 2
 
 
 # -- import -----------------------------------------------------------------------------------------

@@ -77,6 +77,13 @@ async def session_over(transport: str, data_dir: Path, env: dict[str, str]) -> A
         async with stdio_server(data_dir, env) as client:
             yield client
         return
+    if transport == "stdio front door":
+        # A second window on the same memory: the first server owns the store, this one forwards to it.
+        async with stdio_server(data_dir, env) as owner:
+            await call(owner, "stats", {"user_id": "maya"})  # loaded: it holds the store
+            async with stdio_server(data_dir, env) as door:
+                yield door
+        return
     token = new_token()
     tokens = data_dir / "tokens.jsonl"
     tokens.write_text(token_line(token, "maya", ["read", "write"], "maya") + "\n")
@@ -88,7 +95,7 @@ async def session_over(transport: str, data_dir: Path, env: dict[str, str]) -> A
         assert server.terminate() == 0, server.log()
 
 
-@pytest.mark.parametrize("transport", ["stdio", "http"])
+@pytest.mark.parametrize("transport", ["stdio", "stdio front door", "http"])
 async def test_a_cancelled_consolidation_stops_at_a_batch_boundary(
     tmp_path: Path, llm_server: FakeLLMServer, transport: str
 ) -> None:
@@ -107,6 +114,9 @@ async def test_a_cancelled_consolidation_stops_at_a_batch_boundary(
                 group.start_soon(client.call_tool, "consolidate", {"user_id": "maya"})
                 await anyio.to_thread.run_sync(held.started.wait, 60)
                 cancelled.cancel()
+        # The client's notice travels to the server (and from a front door on to the owner) while the
+        # first call is held; a second is plenty for a few local hops. Then the call may answer.
+        await anyio.sleep(1)
         held.release.set()
         # The first batch is applied whole (its decision: Berlin is superseded by Munich)...
         with anyio.fail_after(60):
