@@ -8,6 +8,7 @@ into its own kind of error.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -129,8 +130,13 @@ class SessionProjects:
         return project
 
 
-# Who made a request and its JSON-RPC id: what a cancellation names.
+# Who made a request (`credential_key`) and its JSON-RPC id: what a cancellation names.
 RequestKey = tuple[str | None, str]
+
+
+def credential_key(token: str | None) -> str | None:
+    """What a bearer token is known by among the calls in flight: its hash, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
 class InFlight:
@@ -138,7 +144,7 @@ class InFlight:
 
     Over stateless HTTP a client's `notifications/cancelled` arrives in a POST of its own, which the
     SDK cannot tie to the request it names; the HTTP app looks the request up here instead. A call
-    is known by the credential it was made with (the bearer token; None without auth), so only the
+    is known by the credential it was made with (a hash of the bearer token; None without auth), so only the
     holder of that credential can cancel it.
     """
 
@@ -215,7 +221,7 @@ class Calls:
         stop = StopFlag()
         finished = threading.Event()
         token = get_access_token()
-        key: RequestKey = (token.token if token is not None else None, request or "")
+        key: RequestKey = (credential_key(token.token if token is not None else None), request or "")
         if request is not None:
             self.in_flight.add(key, stop)
 

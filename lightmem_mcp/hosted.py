@@ -53,7 +53,7 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Scope as ASGIScope
 
 from lightmem_mcp.auth import RequestToken, build_verifier
-from lightmem_mcp.calls import InFlight
+from lightmem_mcp.calls import InFlight, credential_key
 from lightmem_mcp.config import HttpSettings, Settings
 from lightmem_mcp.jsonrpc import Refusal, id_refusal
 from lightmem_mcp.memory import Memory
@@ -340,7 +340,7 @@ class CancelNotices:
                 break
         body = b"".join(m.get("body", b"") for m in received)
         if b"notifications/cancelled" in body:
-            credential = _bearer(Request(scope).headers.get("authorization", ""))
+            credential = credential_key(_bearer(Request(scope).headers.get("authorization", "")))
             for request_id in _cancelled_ids(body):
                 self._in_flight.cancel((credential, request_id))
 
