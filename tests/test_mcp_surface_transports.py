@@ -311,3 +311,32 @@ async def test_metadata_filters_and_expiry_over_a_real_transport(tmp_path: Path,
     assert all(hit["metadata"] == slack for hit in from_slack["hits"])
     assert [r["text"] for r in from_email["records"]] == [SPRING[2][2]]
     assert sorted(r["text"] for r in listed["records"]) == sorted(text for _, _, text, _ in SPRING)
+
+
+async def test_over_stdio_resources_prompts_and_completions_answer(tmp_path: Path) -> None:
+    env = {"LIGHTMEM_COMPRESSION_ENABLED": "false"}
+    async with session_over("stdio", tmp_path, env) as client:
+        await call(client, "add_memory", said(SPRING, "spring"))
+        await call(client, "summarize", {"user_id": "maya", "window": "day"})
+        found = await client.call_tool("search_memory", {"query": "Berlin", "user_id": "maya"})
+        link = next(c for c in found.content if isinstance(c, ResourceLink))
+        record = json.loads(text_of((await client.read_resource(str(link.uri))).contents))
+        days = text_of((await client.read_resource("lightmem://users/maya/summaries/day")).contents)
+        templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+        listed = [r.name for r in (await client.list_resources()).resources]
+        prompts = [p.name for p in (await client.list_prompts()).prompts]
+        recalled = await client.get_prompt("recall_topic", {"topic": "where Maya lives", "user_id": "maya"})
+        template = {"type": "ref/resource", "uri": templates[1]}
+        sessions = await client.complete(template, {"name": "session_id", "value": "spr"}, {"user_id": "maya"})
+
+    assert record["text"] == "I live in Berlin." and record["source_ids"] == ["s1"]
+    assert "## Day 2024-03-01" in days and "I live in Berlin." in days
+    assert templates == [
+        "lightmem://users/{user_id}/records/{record_id}",
+        "lightmem://users/{user_id}/summaries/{window}{?agent_id,session_id,project}",
+        "lightmem://users/{user_id}/stats{?agent_id,session_id,project}",
+    ]
+    assert listed == ["stats"]  # the default user has no summaries; maya's are read by URI
+    assert set(prompts) == {"recall_topic", "save_conversation", "review_week"}
+    assert "I live in Berlin." in recalled.messages[0].content.text  # type: ignore[union-attr]
+    assert sessions.completion.values == ["spring"]
