@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TextIO, cast
+from typing import TextIO
 
 from lightmem_mcp.api import (
     AddResult,
@@ -93,7 +93,7 @@ from lightmem_mcp.spend import SpendGuard, completion_share, estimate
 from lightmem_mcp.stats import collect_stats
 from lightmem_mcp.store import VectorStore, open_store
 from lightmem_mcp.store.schema import StoreLayout
-from lightmem_mcp.summarize import SUMMARY_PURPOSE, Summarizer
+from lightmem_mcp.summarize import SUMMARY_PURPOSE, Summarizer, summary_info
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
 from lightmem_mcp.transfer import export_points, import_points
 
@@ -700,7 +700,7 @@ class Memory:
         found = [r for r in map(view, self.store.scroll(where, SUMMARIES_READ)) if isinstance(r, Summary)]
         chosen = [s for s in found if window is None or s.window == window]
         chosen.sort(key=lambda s: (s.window_end_ts, s.updated_ts), reverse=True)
-        return [_summary_view(s) for s in chosen[:limit]]
+        return [summary_info(s) for s in chosen[:limit]]
 
     def forget_preview(self, scope: Scope) -> dict[str, int]:
         """What `forget` of the scope would delete: records by kind (kinds with none left out)."""
@@ -934,21 +934,6 @@ def _time_range(since: str | None, until: str | None, prefix: str = "") -> tuple
     if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
         raise InvalidInput(f"{prefix}since", f"is after {prefix}until: swap them")
     return bounds[0], bounds[1]
-
-
-def _summary_view(summary: Summary) -> SummaryInfo:
-    return SummaryInfo(
-        id=summary.id,
-        text=summary.text,
-        method="llm" if summary.method == "llm" else "extractive",
-        window=cast(Window, summary.window),
-        window_key=summary.window_key,
-        topic=summary.topic,
-        start=from_epoch(summary.window_start_ts),
-        end=from_epoch(summary.window_end_ts),
-        covered_ids=summary.covered_ids,
-        source_ids=summary.source_ids,
-    )
 
 
 def _record(record: Record) -> MemoryRecord:

@@ -15,10 +15,9 @@ from pydantic import Field
 
 from lightmem_mcp.api import SummaryInfo
 from lightmem_mcp.calls import Calls
-from lightmem_mcp.errors import LightMemError
 from lightmem_mcp.recall import DEFAULT_RECALL_CONTEXT, DEFAULT_RECALL_TOKENS, MAX_RECALL_TOKENS, MIN_RECALL_TOKENS
 from lightmem_mcp.records import Scope
-from lightmem_mcp.resources import ICON, record_uri
+from lightmem_mcp.resources import ICON, invalid_params, record_uri
 from lightmem_mcp.timestamps import now
 
 # An ISO week as the summarizer keys it, e.g. 2026-W48.
@@ -54,10 +53,8 @@ def register_prompts(server: MCPServer, calls: Calls) -> None:
     """The three prompts of the menu."""
 
     async def scope(user_id: str | None, session_id: str | None = None) -> Scope:
-        try:
+        with invalid_params():
             return await calls.scope(user_id or "default", None, session_id or None)
-        except LightMemError as exc:
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
 
     @server.prompt(title="Recall what is known about a topic", icons=[ICON])
     async def recall_topic(
@@ -80,10 +77,8 @@ def register_prompts(server: MCPServer, calls: Calls) -> None:
                 raise MCPError(code=INVALID_PARAMS, message=f"max_tokens: {max_tokens!r} is not a whole number")
             budget = int(max_tokens)
         where = await scope(user_id, session_id)
-        try:
+        with invalid_params():
             found = await calls.run(lambda m: m.recall(topic, where, budget, DEFAULT_RECALL_CONTEXT))
-        except LightMemError as exc:
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
         if not found.context:
             return (
                 f"My long-term memory holds nothing about {topic!r} yet. Say so if it matters, and keep what "
@@ -133,10 +128,8 @@ def register_prompts(server: MCPServer, calls: Calls) -> None:
         chosen = week or current_week()
         monday, sunday = week_days(chosen)
         where = await scope(user_id)
-        try:
+        with invalid_params():
             found = await calls.run(lambda m: m.summaries(where, None, _SUMMARIES_READ))
-        except LightMemError as exc:
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
         days = {(monday + timedelta(days=n)).isoformat() for n in range(7)}
         weekly = [s for s in found if s.window == "week" and s.window_key == chosen]
         daily = sorted((s for s in found if s.window == "day" and s.window_key in days), key=lambda s: s.window_key)

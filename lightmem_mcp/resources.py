@@ -16,7 +16,8 @@ Subscriptions are not offered: nothing here sends `notifications/resources/updat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import cast, get_args
 from urllib.parse import quote
@@ -85,21 +86,27 @@ def resource_links(user_id: str, cited: Sequence[tuple[str, str, str, datetime]]
                 uri=record_uri(user_id, record_id),
                 name=f"{kind}-{record_id}",
                 title=f"{kind.capitalize()} of {when:%Y-%m-%d %H:%M}",
-                description=_shortened(text),
+                description=shortened(text),
                 mime_type="application/json",
             )
         )
     return links
 
 
-def _shortened(text: str) -> str:
+def shortened(text: str, chars: int = DESCRIPTION_CHARS) -> str:
+    """A memory's text on one line, cut to `chars` with an ellipsis."""
     text = " ".join(text.split())
-    return text if len(text) <= DESCRIPTION_CHARS else text[: DESCRIPTION_CHARS - 1] + "…"
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
-def _refused(exc: LightMemError) -> MCPError:
-    """A read the caller may not make, or made wrong: an invalid-params error with the reason."""
-    return MCPError(code=INVALID_PARAMS, message=str(exc))
+@contextmanager
+def invalid_params() -> Iterator[None]:
+    """A read the caller may not make, or made wrong (a domain error): an invalid-params error
+    carrying the reason, which names the field and the fix."""
+    try:
+        yield
+    except LightMemError as exc:
+        raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
 
 
 def _json(model: BaseModel) -> str:
@@ -137,11 +144,8 @@ def register_resources(server: MCPServer, calls: Calls) -> None:
     async def scope(
         user_id: str, agent_id: str | None = None, session_id: str | None = None, project: str | None = None
     ) -> Scope:
-        try:
-            # Empty query values are absent ones; a missing project reads every tier.
-            return await calls.scope(user_id, agent_id or None, session_id or None, project or "all")
-        except LightMemError as exc:
-            raise _refused(exc) from exc
+        # Empty query values are absent ones; a missing project reads every tier.
+        return await calls.scope(user_id, agent_id or None, session_id or None, project or "all")
 
     @server.resource(
         RECORD_TEMPLATE,
@@ -153,13 +157,11 @@ def register_resources(server: MCPServer, calls: Calls) -> None:
         security=_OPAQUE,
     )
     async def record(user_id: str, record_id: str) -> str:
-        where = await scope(user_id)
-        try:
+        with invalid_params():
+            where = await scope(user_id)
             found = await calls.run(lambda m: m.get([record_id], where))
-        except LightMemError as exc:
-            raise _refused(exc) from exc
-        if not found.records:
-            raise _refused(NotFound(f"record_id: no record {record_id!r} of user {where.user_id!r}"))
+            if not found.records:
+                raise NotFound(f"record_id: no record {record_id!r} of user {where.user_id!r}")
         return _json(found.records[0])
 
     @server.resource(
@@ -175,11 +177,9 @@ def register_resources(server: MCPServer, calls: Calls) -> None:
     async def summaries(user_id: str, window: str, agent_id: str = "", session_id: str = "", project: str = "") -> str:
         if window not in WINDOWS:
             raise MCPError(code=INVALID_PARAMS, message=f"window: {window!r} is not one of {', '.join(WINDOWS)}")
-        where = await scope(user_id, agent_id, session_id, project)
-        try:
+        with invalid_params():
+            where = await scope(user_id, agent_id, session_id, project)
             found = await calls.run(lambda m: m.summaries(where, cast(Window, window), READ_SUMMARIES))
-        except LightMemError as exc:
-            raise _refused(exc) from exc
         return summaries_markdown(where, window, found)
 
     @server.resource(
@@ -192,11 +192,9 @@ def register_resources(server: MCPServer, calls: Calls) -> None:
         security=_OPAQUE,
     )
     async def stats(user_id: str, agent_id: str = "", session_id: str = "", project: str = "") -> str:
-        where = await scope(user_id, agent_id, session_id, project)
-        try:
+        with invalid_params():
+            where = await scope(user_id, agent_id, session_id, project)
             return _json(await calls.run(lambda m: m.stats(where)))
-        except LightMemError as exc:
-            raise _refused(exc) from exc
 
 
 async def listed_resources(calls: Calls) -> list[MCPResource]:
@@ -211,7 +209,7 @@ async def listed_resources(calls: Calls) -> list[MCPResource]:
             uri=record_uri(user, summary.id),
             name=f"summary-{summary.window}-{summary.window_key}",
             title=_summary_title(summary),
-            description=_shortened(summary.text),
+            description=shortened(summary.text),
             mime_type="application/json",
             icons=[ICON],
             annotations=Annotations(

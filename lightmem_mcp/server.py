@@ -72,7 +72,7 @@ from lightmem_mcp.records import (
     Kind,
     Scope,
 )
-from lightmem_mcp.resources import ICON, listed_resources, register_resources, resource_links
+from lightmem_mcp.resources import ICON, listed_resources, register_resources, resource_links, shortened
 from lightmem_mcp.timestamps import MAX_TIME_CHARS
 
 log = logging.getLogger(__name__)
@@ -287,10 +287,7 @@ def delete_question(records: Sequence[MemoryRecord]) -> str:
     """What a person is asked before a large `delete_memory`: the records, listed."""
     lines = [f"Permanently delete these {len(records)} memories? This cannot be undone."]
     for record in records[:_LISTED_IN_QUESTION]:
-        text = " ".join(record.text.split())
-        if len(text) > _QUESTION_TEXT_CHARS:
-            text = text[: _QUESTION_TEXT_CHARS - 1] + "…"
-        lines.append(f"- {record.kind} of {record.event_time:%Y-%m-%d}: {text}")
+        lines.append(f"- {record.kind} of {record.event_time:%Y-%m-%d}: {shortened(record.text, _QUESTION_TEXT_CHARS)}")
     if len(records) > _LISTED_IN_QUESTION:
         lines.append(f"- and {len(records) - _LISTED_IN_QUESTION} more")
     return "\n".join(lines)

@@ -1034,7 +1034,7 @@ class SharedMemory:
         *,
         stop: Stop | None = None,
     ) -> FlushResult:
-        """`Memory.flush`; `stop` only when this process owns the store."""
+        """`Memory.flush`; a front door passes `stop` on to the owner."""
         return self._call(FlushResult, "flush", progress, stop, scope=scope, backlog=backlog, dry_run=dry_run)
 
     def consolidate(
@@ -1047,7 +1047,7 @@ class SharedMemory:
         *,
         stop: Stop | None = None,
     ) -> ConsolidateResult:
-        """`Memory.consolidate`; `stop` only when this process owns the store."""
+        """`Memory.consolidate`; a front door passes `stop` on to the owner."""
         return self._call(
             ConsolidateResult, "consolidate", progress, stop, scope=scope, since=since, until=until, dry_run=dry_run
         )
@@ -1064,7 +1064,7 @@ class SharedMemory:
         *,
         stop: Stop | None = None,
     ) -> SummarizeResult:
-        """`Memory.summarize`; `stop` only when this process owns the store."""
+        """`Memory.summarize`; a front door passes `stop` on to the owner."""
         return self._call(
             SummarizeResult,
             "summarize",

@@ -116,7 +116,7 @@ class SleepSchedule(MemoryObserver):
                 log.exception("sleep-time run failed; it is retried at the next interval")
             if scheduled and interval:
                 next_run = time.monotonic() + interval
-            if purge_every and next_purge is not None and (due or scheduled or started >= next_purge):
+            if purge_every and (due or scheduled or started >= (next_purge or 0)):
                 next_purge = time.monotonic() + purge_every  # every run purges first
 
     def run_once(self, users: list[str] | None = None) -> None:

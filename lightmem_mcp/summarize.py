@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -265,19 +265,7 @@ class Summarizer:
             previous=Summary.read(found[0]) if found else None,
         )
         self._writer.write([summary])
-        info = SummaryInfo(
-            id=summary.id,
-            text=text,
-            method=method,
-            window=window,
-            window_key=key,
-            topic=topic,
-            start=from_epoch(group[0].event_ts),
-            end=from_epoch(group[-1].event_ts),
-            covered_ids=summary.covered_ids,
-            source_ids=summary.source_ids,
-        )
-        return info, 1 if call else 0
+        return summary_info(summary), 1 if call else 0
 
     def _extractive(self, group: Sequence[Record]) -> str:
         """The most central sentences within the token budget, in time order."""
@@ -300,6 +288,22 @@ class Summarizer:
         if not chosen:  # one very long sentence: keep its start
             return sentences[max(range(len(sentences)), key=lambda i: centrality[i])][1][: budget * 4]
         return " ".join(sentences[i][1] for i in sorted(chosen))
+
+
+def summary_info(summary: Summary) -> SummaryInfo:
+    """A stored summary as the tools and resources show it."""
+    return SummaryInfo(
+        id=summary.id,
+        text=summary.text,
+        method="llm" if summary.method == "llm" else "extractive",
+        window=cast(Window, summary.window),
+        window_key=summary.window_key,
+        topic=summary.topic,
+        start=from_epoch(summary.window_start_ts),
+        end=from_epoch(summary.window_end_ts),
+        covered_ids=summary.covered_ids,
+        source_ids=summary.source_ids,
+    )
 
 
 def _group(entries: Sequence[Record], window: Window) -> list[tuple[str, list[Record]]]:
