@@ -87,6 +87,21 @@ def _parser() -> argparse.ArgumentParser:
         "points whose user or scope was edited are copied there under that scope's ids.",
     )
     restore.add_argument("file", help="The export file, or - for stdin.")
+    browse = commands.add_parser(
+        "ui",
+        help="Open the memory browser of this data directory on 127.0.0.1 (through the stdio server that holds it, "
+        "if one runs) and print a one-time link to it.",
+    )
+    browse.add_argument("--port", type=int, help="Port to bind (LIGHTMEM_UI_PORT; default: a free one).")
+    browse.add_argument("--read-only", action="store_true", help="A session that can look but not delete.")
+    link = commands.add_parser(
+        "ui-link",
+        help="Print a one-time link to a hosted server's memory browser for one tenant (needs the server's "
+        "LIGHTMEM_UI_SECRET).",
+    )
+    link.add_argument("--tenant", required=True, help="The tenant (user) the link opens.")
+    link.add_argument("--read-only", action="store_true", help="The session can look but not delete or export.")
+    link.add_argument("--url", help="The server's base URL (default LIGHTMEM_HTTP_PUBLIC_URL).")
     return parser
 
 
@@ -124,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "backlog":
         return _backlog(args, settings)
+
+    if args.command in ("ui", "ui-link"):
+        return _browser(args, settings)
 
     if getattr(args, "transport", "stdio") != "stdio":
         return _serve_http(args, settings)
@@ -255,6 +273,26 @@ def _serve_http(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lightmem-mcp: {exc}", file=sys.stderr)
         return 2
     return 0 if started else 1
+
+
+def _browser(args: argparse.Namespace, settings: Settings) -> int:
+    """`ui`: the memory browser on this machine; `ui-link`: a one-time link to a hosted one."""
+    from lightmem_mcp.ui.local import hosted_link, serve_local
+
+    if args.command == "ui":
+        if args.port is not None and not 0 <= args.port <= 65535:
+            print("lightmem-mcp ui: --port must be 0 to 65535", file=sys.stderr)
+            return 2
+        return serve_local(settings, args.port, args.read_only)
+    if not args.tenant.strip():
+        print("lightmem-mcp ui-link: --tenant is empty: give the tenant the link opens", file=sys.stderr)
+        return 2
+    try:
+        print(hosted_link(settings, args.tenant, args.read_only, args.url))
+    except ConfigError as exc:
+        print(f"lightmem-mcp ui-link: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _new_token(args: argparse.Namespace) -> int:

@@ -553,6 +553,22 @@ class AuthSettings(_Section):
         return self
 
 
+class UISettings(_Section):
+    """The memory browser: `/ui` of the HTTP server, and `lightmem-mcp ui` on this machine."""
+
+    model_config = SettingsConfigDict(env_prefix="LIGHTMEM_UI_", extra="forbid")
+
+    enabled: bool = Field(default=True, description="Serve the memory browser at /ui of the HTTP server.")
+    secret: SecretStr | None = Field(
+        default=None,
+        description="Signs browser sessions and `ui-link` links; the same on every replica. Default: random per "
+        "process (sessions end with it, links need it set).",
+    )
+    session_hours: float = Field(default=8.0, gt=0, le=720, description="How long a browser session lasts.")
+    link_minutes: float = Field(default=10.0, gt=0, le=1440, description="How long a one-time link can be opened.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port of `lightmem-mcp ui` on 127.0.0.1; 0: a free one.")
+
+
 class LeaseSettings(_Section):
     """Leases that let one replica at a time extract (or consolidate) a scope."""
 
@@ -614,6 +630,7 @@ class Settings(BaseModel):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    ui: UISettings = Field(default_factory=UISettings)
     leases: LeaseSettings = Field(default_factory=LeaseSettings)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
 

@@ -2,8 +2,9 @@
 
 The app is the SDK's transport app (its auth middleware, 401 challenges, protected-resource
 metadata, DNS-rebinding checks and body-size limit) mounted under a small Starlette app that
-adds `/healthz`, `/readyz` and `/metrics` (unauthenticated: they carry no user data) and owns
-the lifespan: the `Memory` opens once per process and closes once, at shutdown.
+adds `/healthz`, `/readyz` and `/metrics` (unauthenticated: they carry no user data), the memory
+browser at `/ui` (the same tokens, see `ui`), and owns the lifespan: the `Memory` opens once per
+process and closes once, at shutdown.
 
 Small ASGI guards in front of it answer what the SDK would leave hanging or echo: `GET /mcp` (405),
 a refused Host or Origin on `/sse` (without the SDK's traceback) and a request id too large to
@@ -46,7 +47,7 @@ from pydantic import AnyHttpUrl
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Message as ASGIMessage
@@ -60,6 +61,9 @@ from lightmem_mcp.memory import Memory
 from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from lightmem_mcp.records import RecordFilter
 from lightmem_mcp.server import MemoryProvider, build_server
+from lightmem_mcp.ui.access import PATH as UI_PATH
+from lightmem_mcp.ui.app import build_ui
+from lightmem_mcp.ui.local import access_of
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +165,22 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
     async def metrics_page(_: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
+    async def to_browser(_: Request) -> Response:
+        return RedirectResponse(f"{UI_PATH}/", status_code=308)
+
+    browser: list[Route | Mount] = []
+    if settings.ui.enabled:
+        access = access_of(settings, "open" if verifier is None else "token", verifier)
+        browser = [
+            Route(UI_PATH, to_browser, methods=["GET"]),
+            Mount(UI_PATH, app=build_ui(memory_provider, access, security)),
+        ]
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_page, methods=["GET"]),
+            *browser,
             Mount("/", app=RequestIdLimit(edge, http.max_request_bytes)),
         ],
         lifespan=lifespan,
