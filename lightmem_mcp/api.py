@@ -78,6 +78,8 @@ _CANCELLED = "True when the call was cancelled: it stopped at a batch boundary; 
 Window = Literal["all", "session", "day", "week"]
 # The stored fields whose values are offered when a client completes an argument.
 Suggestion = Literal["session_id", "agent_id", "project", "topic", "speaker"]
+# How long one bar of a scope's activity is: a UTC day, or an ISO week (Monday to Sunday, UTC).
+BucketSize = Literal["day", "week"]
 
 _PROJECT = "The project it belongs to; null = the user's global tier."
 _TIER = (
@@ -193,6 +195,9 @@ class MemoryRecord(BaseModel):
     updated_at: datetime
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, description=_METADATA)
     expires_at: datetime | None = Field(default=None, description=_EXPIRES_AT)
+    llm_call_id: str | None = Field(
+        default=None, description="The LLM call that wrote it (facts and summaries; see stats)."
+    )
 
 
 class SearchHit(BaseModel):
@@ -582,6 +587,43 @@ class StatsResult(BaseModel):
     )
 
 
+# -- browsing ----------------------------------------------------------------------------
+
+
+class LLMCallInfo(BaseModel):
+    """One LLM call of the usage ledger: what it was for, how it ended and what it cost."""
+
+    id: str = Field(description="The call id, as a fact's or summary's llm_call_id names it.")
+    purpose: str = Field(description="extraction, update (consolidation) or summary.")
+    model: str = Field(description="The model the requests named.")
+    time: datetime = Field(description="When the call started (UTC).")
+    ok: bool = Field(description="Whether it got a usable answer.")
+    attempts: int = Field(description="HTTP requests, retries included.")
+    prompt_tokens: int = Field(description="Input tokens, cache hits included.")
+    cached_tokens: int = Field(description="Input tokens the provider served from its cache.")
+    completion_tokens: int
+    cost: dict[str, float] = Field(description="Estimated cost by currency (ISO 4217); {} when the model is unpriced.")
+
+
+class ActivityBucket(BaseModel):
+    """The records of one day or week, by kind."""
+
+    start: datetime = Field(description="Where the bucket starts (UTC midnight; a Monday for a week).")
+    label: str = Field(description="The day (2026-11-30) or the ISO week (2026-W49).")
+    counts: dict[str, int] = Field(description="Records by kind (turn, fact, summary), zeros included.")
+
+
+class ActivityResult(BaseModel):
+    """How many records a scope gained per day or week, up to its newest record."""
+
+    bucket: BucketSize
+    buckets: list[ActivityBucket] = Field(
+        description="Consecutive buckets, oldest first, the last one holding the newest record; empty when the "
+        "scope holds no records."
+    )
+    total: int = Field(description="The records the buckets count, all kinds together.")
+
+
 # -- export / import (command line) ------------------------------------------------------
 
 
@@ -591,6 +633,14 @@ class ExportResult(BaseModel):
     points: int
     by_kind: dict[str, int]
     vectors: bool
+
+
+class ExportPage(BaseModel):
+    """One page of a scope's export: its lines, each without the newline that ends it in a file."""
+
+    header: str | None = Field(description="The export's header line: on the first page (no `after`) only.")
+    lines: list[str] = Field(description="Point lines, in id order.")
+    next: str | None = Field(description="The id to pass as `after` for the next page; null on the last page.")
 
 
 class ImportResult(BaseModel):

@@ -5,19 +5,25 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import itertools
 import json
+import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
-from typing import TextIO
+from datetime import UTC, datetime, timedelta
+from typing import TextIO, get_args
 
 from lightmem_mcp.api import (
+    ActivityBucket,
+    ActivityResult,
     AddResult,
+    BucketSize,
     ConsolidateResult,
     ContextWindow,
     DeleteResult,
+    ExportPage,
     ExportResult,
     FlushResult,
     GetResult,
@@ -25,6 +31,7 @@ from lightmem_mcp.api import (
     HistoryResult,
     ImportResult,
     ListResult,
+    LLMCallInfo,
     MemoryRecord,
     Message,
     Progress,
@@ -68,11 +75,14 @@ from lightmem_mcp.recall import (
 from lightmem_mcp.records import (
     GLOBAL,
     KINDS,
+    LEDGER_KIND,
     MAX_ID_CHARS,
+    MAX_SPEAKERS,
     SPEAKER_FIELD,
     Fact,
     FoundPoint,
     Kind,
+    LedgerEntry,
     MetadataValue,
     Record,
     RecordFilter,
@@ -83,6 +93,8 @@ from lightmem_mcp.records import (
     expiry,
     is_blank,
     metadata_pairs,
+    record_id,
+    scope_of,
     view,
 )
 from lightmem_mcp.redact import SecretRedactor
@@ -90,12 +102,12 @@ from lightmem_mcp.reindex import reindex_store
 from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.sleep import SleepSchedule
 from lightmem_mcp.spend import SpendGuard, completion_share, estimate
-from lightmem_mcp.stats import collect_stats
+from lightmem_mcp.stats import call_info, collect_stats
 from lightmem_mcp.store import VectorStore, open_store
 from lightmem_mcp.store.schema import StoreLayout
 from lightmem_mcp.summarize import SUMMARY_PURPOSE, Summarizer, summary_info
 from lightmem_mcp.timestamps import ACCEPTED, from_epoch, now, parse_timestamp, to_epoch
-from lightmem_mcp.transfer import export_points, import_points
+from lightmem_mcp.transfer import export_page, export_points, import_points
 
 _MAX_VERSIONS = 100
 # Newest summaries read to pick one window's (a scope holds a few hundred at most).
@@ -106,6 +118,10 @@ SUGGESTIONS_READ = 2_000
 _MAX_SPEAKERS = 256
 # Scopes read at once when looking for a backlog.
 _MAX_SCOPES = 100_000
+# Most buckets one activity read counts: a year of days.
+MAX_ACTIVITY_BUCKETS = 366
+# Most point lines one export page holds.
+MAX_EXPORT_PAGE = 5_000
 
 
 class Memory:
@@ -647,18 +663,23 @@ class Memory:
         cursor: str | None = None,
         include_superseded: bool = False,
         metadata: Mapping[str, MetadataValue] | None = None,
+        speakers: Sequence[str] | None = None,
     ) -> ListResult:
         """One page of records, newest event first; superseded facts only when asked; with `metadata`,
-        only records whose metadata holds every one of those pairs."""
+        only records whose metadata holds every one of those pairs; with `speakers`, only records said by
+        one of those names (matched exactly, as search's `filters.speakers`)."""
         _check_scope(scope)
         self._check_limit(limit)
         pairs = metadata_pairs(check_metadata(metadata))
+        if speakers is not None and len(speakers) > MAX_SPEAKERS:
+            raise InvalidInput("speakers", f"{len(speakers)} names; at most {MAX_SPEAKERS}")
         before_ts, skip = _decode_cursor(cursor) if cursor else (None, [])
         where = RecordFilter(
             user_id=scope.user_id,
             agent_id=scope.agent_id,
             session_id=scope.session_id,
             kinds=tuple(kinds or KINDS),
+            speakers=tuple(speakers or ()),
             statuses=() if include_superseded else ("active",),
             project=scope.project,
             metadata_pairs=pairs,
@@ -685,6 +706,31 @@ class Memory:
         )
         return self.store.count(where)
 
+    def activity(self, scope: Scope, bucket: BucketSize = "week", buckets: int = 12) -> ActivityResult:
+        """The scope's records (those `count` counts) by kind per UTC day or ISO week, for the `buckets`
+        consecutive buckets ending with the one holding the newest record (by event time), oldest first;
+        none when the scope holds no records."""
+        _check_scope(scope)
+        if bucket not in get_args(BucketSize):
+            raise InvalidInput("bucket", f"{bucket!r}: use day or week")
+        if not 1 <= buckets <= MAX_ACTIVITY_BUCKETS:
+            raise InvalidInput("buckets", f"{buckets} is out of range: use 1 to {MAX_ACTIVITY_BUCKETS}")
+        where = RecordFilter(
+            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project, live_at=self._live_at()
+        )
+        newest = self.store.scroll(where, 1)
+        if not newest:
+            return ActivityResult(bucket=bucket, buckets=[], total=0)
+        edges = _bucket_edges(view(newest[0]).event_ts, bucket, buckets)
+        result: list[ActivityBucket] = []
+        for start, end in itertools.pairwise(edges):
+            # A range's bounds are both inclusive: a bucket ends at the last float before the next one
+            # starts, so a record on an edge counts once, in the bucket that it starts.
+            within = replace(where, since_ts=start, until_ts=math.nextafter(end, -math.inf))
+            counts: dict[str, int] = {kind: self.store.count(replace(within, kinds=(kind,))) for kind in KINDS}
+            result.append(ActivityBucket(start=from_epoch(start), label=_bucket_label(start, bucket), counts=counts))
+        return ActivityResult(bucket=bucket, buckets=result, total=sum(sum(b.counts.values()) for b in result))
+
     def summaries(self, scope: Scope, window: Window | None = None, limit: int = 20) -> builtins.list[SummaryInfo]:
         """The scope's summaries (of one window kind, when given), newest period first."""
         _check_scope(scope)
@@ -701,6 +747,29 @@ class Memory:
         chosen = [s for s in found if window is None or s.window == window]
         chosen.sort(key=lambda s: (s.window_end_ts, s.updated_ts), reverse=True)
         return [summary_info(s) for s in chosen[:limit]]
+
+    def llm_calls(self, scope: Scope, ids: Sequence[str]) -> builtins.list[LLMCallInfo]:
+        """The usage ledger's entries of these LLM calls (the `llm_call_id` of facts and summaries) made
+        for the scope's user, in the order asked; ids of no such call, or of another user's, are left out."""
+        _check_scope(scope)
+        if len(ids) > self._limits.max_ids_per_call:
+            raise InvalidInput(
+                "ids", f"{len(ids)} ids; at most {self._limits.max_ids_per_call} (LIGHTMEM_MAX_IDS_PER_CALL)"
+            )
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        # An entry's id derives from the call id and the exact scope the call was made for.
+        found: dict[str, LedgerEntry] = {}
+        by_scope: dict[Scope, dict[str, str]] = {}
+        for point in self.store.scan(RecordFilter(scope.user_id, kinds=(LEDGER_KIND,))):
+            exact = scope_of(point.payload)
+            if exact not in by_scope:
+                by_scope[exact] = {record_id(exact, LEDGER_KIND, call_id): call_id for call_id in wanted}
+            call_id = by_scope[exact].get(point.id)
+            if call_id is not None:
+                found[call_id] = LedgerEntry(point.id, point.payload)
+        return [call_info(i, found[i], self._settings.price) for i in wanted if i in found]
 
     def forget_preview(self, scope: Scope) -> dict[str, int]:
         """What `forget` of the scope would delete: records by kind (kinds with none left out)."""
@@ -835,6 +904,21 @@ class Memory:
             _check_scope(scope)
         return export_points(self.store, self._layout(), out, scope, vectors)
 
+    def export_page(self, scope: Scope, after: str | None = None, limit: int = 500) -> ExportPage:
+        """What `export_records(out, scope)` writes, a page of at most `limit` points at a time: the
+        header on the first page, then the point lines in id order; pass `next` as `after` for the next."""
+        _check_scope(scope)
+        if not 1 <= limit <= MAX_EXPORT_PAGE:
+            raise InvalidInput("limit", f"{limit} is out of range: use 1 to {MAX_EXPORT_PAGE}")
+        if after is not None:
+            try:
+                after = str(uuid.UUID(after))
+            except ValueError:
+                raise InvalidInput(
+                    "after", f"{after!r} is not a point id: pass the last page's next unchanged, or omit it"
+                ) from None
+        return export_page(self.store, self._layout(), scope, after, limit)
+
     def import_records(
         self, source: TextIO, progress: Progress | None = None, *, stop: Stop | None = None
     ) -> ImportResult:
@@ -936,6 +1020,31 @@ def _time_range(since: str | None, until: str | None, prefix: str = "") -> tuple
     return bounds[0], bounds[1]
 
 
+# The earliest start a bucket can have: an event is on 0001-01-02 at the earliest, a Tuesday.
+_FIRST_BUCKET = to_epoch(datetime(1, 1, 1, tzinfo=UTC))
+
+
+def _bucket_edges(newest_ts: float, bucket: BucketSize, buckets: int) -> list[float]:
+    """In epoch seconds, oldest first: where each of `buckets` consecutive buckets starts, the last one
+    holding `newest_ts`, then where that one ends; buckets before year 1 left out."""
+    newest = from_epoch(newest_ts)
+    last = datetime(newest.year, newest.month, newest.day, tzinfo=UTC)
+    if bucket == "week":
+        last -= timedelta(days=last.weekday())  # Monday
+    step = (1 if bucket == "day" else 7) * 86_400
+    edges = [to_epoch(last) + offset * step for offset in range(1 - buckets, 2)]
+    return [edge for edge in edges if edge >= _FIRST_BUCKET]
+
+
+def _bucket_label(start: float, bucket: BucketSize) -> str:
+    """The day (2026-11-30) or the ISO week (2026-W49) a bucket starting at `start` covers."""
+    day = from_epoch(start).date()
+    if bucket == "day":
+        return day.isoformat()
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
 def _record(record: Record) -> MemoryRecord:
     scope = record.scope
     return MemoryRecord.model_validate(
@@ -960,6 +1069,7 @@ def _record(record: Record) -> MemoryRecord:
             "updated_at": from_epoch(record.updated_ts),
             "metadata": record.metadata,
             "expires_at": record.expires_at,
+            "llm_call_id": record.llm_call_id,
         }
     )
 

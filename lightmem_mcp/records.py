@@ -635,6 +635,12 @@ class Record:
         return expires is not None and expires <= at
 
     @property
+    def llm_call_id(self) -> str | None:
+        """The LLM call that wrote it: a fact's extraction, a merged version's consolidation, an LLM
+        summary's call; None for a turn and an extractive summary."""
+        return _text(self.payload, "llm_call_id") or None
+
+    @property
     def lineage(self) -> Lineage:
         """What it hands down to the records made from it."""
         return Lineage(self.order, tuple(self.metadata.items()), self.expires_ts)

@@ -50,13 +50,17 @@ from pydantic import BaseModel, TypeAdapter
 import lightmem_mcp
 from lightmem_mcp import errors
 from lightmem_mcp.api import (
+    ActivityResult,
     AddResult,
+    BucketSize,
     ConsolidateResult,
     DeleteResult,
+    ExportPage,
     FlushResult,
     GetResult,
     HistoryResult,
     ListResult,
+    LLMCallInfo,
     Message,
     Progress,
     RecallResult,
@@ -88,7 +92,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Bumped whenever the messages between owner and front door change shape.
-PROTOCOL = 2
+PROTOCOL = 3
 # The service calls a front door forwards: the tool-facing methods of `Memory`.
 FORWARDED = (
     "add",
@@ -107,6 +111,9 @@ FORWARDED = (
     "summaries",
     "forget_preview",
     "suggest",
+    "activity",
+    "llm_calls",
+    "export_page",
 )
 # A guard on memory, as on stdio: a front door is the same user, but a line is read whole.
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -1003,6 +1010,7 @@ class SharedMemory:
         cursor: str | None = None,
         include_superseded: bool = False,
         metadata: Mapping[str, MetadataValue] | None = None,
+        speakers: Sequence[str] | None = None,
     ) -> ListResult:
         """`Memory.list`."""
         check_metadata(metadata)
@@ -1015,6 +1023,7 @@ class SharedMemory:
             cursor=cursor,
             include_superseded=include_superseded,
             metadata=metadata,
+            speakers=speakers,
         )
 
     def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult:
@@ -1105,6 +1114,18 @@ class SharedMemory:
     def suggest(self, scope: Scope, field: Suggestion, prefix: str = "", limit: int = 100) -> builtins.list[str]:
         """`Memory.suggest`."""
         return self._call(builtins.list, "suggest", scope=scope, field=field, prefix=prefix, limit=limit)
+
+    def activity(self, scope: Scope, bucket: BucketSize = "week", buckets: int = 12) -> ActivityResult:
+        """`Memory.activity`."""
+        return self._call(ActivityResult, "activity", scope=scope, bucket=bucket, buckets=buckets)
+
+    def llm_calls(self, scope: Scope, ids: Sequence[str]) -> builtins.list[LLMCallInfo]:
+        """`Memory.llm_calls`."""
+        return self._call(builtins.list, "llm_calls", scope=scope, ids=ids)
+
+    def export_page(self, scope: Scope, after: str | None = None, limit: int = 500) -> ExportPage:
+        """`Memory.export_page`."""
+        return self._call(ExportPage, "export_page", scope=scope, after=after, limit=limit)
 
 
 def _channel_kind(setting: str) -> Literal["unix", "tcp"]:

@@ -30,6 +30,7 @@ from lightmem_mcp.api import (
     CompressionCounts,
     CostReport,
     Counterfactual,
+    LLMCallInfo,
     LLMUsage,
     RecordCounts,
     RedactionStats,
@@ -54,7 +55,7 @@ from lightmem_mcp.records import (
 )
 from lightmem_mcp.spend import cost_of
 from lightmem_mcp.store import VectorStore
-from lightmem_mcp.timestamps import now, to_epoch
+from lightmem_mcp.timestamps import from_epoch, now, to_epoch
 from lightmem_mcp.tokens import TokenCounter
 
 # Always reported, in this order, even with no calls: extraction, consolidation, summaries.
@@ -175,12 +176,7 @@ class _ScopeTally:
             self.redacted.update(redactions)
 
     def _call(self, call: LedgerEntry) -> None:
-        price = self.price(call.provider, call.model)
-        cost = None
-        if price is not None:
-            rate, currency = price
-            miss = max(call.prompt_tokens - call.cached_tokens, 0)
-            cost = (currency, cost_of(rate, miss, call.cached_tokens, call.completion_tokens))
+        cost = _priced(self.price(call.provider, call.model), call)
         self.usage.setdefault(call.purpose, _Usage()).add(call, cost)
         if call.purpose == EXTRACTION_PURPOSE:
             self.extraction_models[(call.provider, call.model)] += 1
@@ -299,6 +295,33 @@ def collect_stats(
     for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, project=scope.project)):
         tally.add(point)
     return tally.result(scope, counter)
+
+
+def call_info(call_id: str, call: LedgerEntry, prices: PriceSettings) -> LLMCallInfo:
+    """One ledger entry (of the call `call_id`) as a memory browser shows it, its cost estimated as `collect_stats`
+    estimates it."""
+    cost = _priced(prices.price_of(call.provider, call.model), call)
+    return LLMCallInfo(
+        id=call_id,
+        purpose=call.purpose,
+        model=call.model,
+        time=from_epoch(call.event_ts),
+        ok=call.ok,
+        attempts=call.attempts,
+        prompt_tokens=call.prompt_tokens,
+        cached_tokens=call.cached_tokens,
+        completion_tokens=call.completion_tokens,
+        cost={} if cost is None else _floats({cost[0]: cost[1]}),
+    )
+
+
+def _priced(price: tuple[ModelPrice, str] | None, call: LedgerEntry) -> tuple[str, Decimal] | None:
+    """The estimated cost of one call at `price` (None: unpriced), and its currency."""
+    if price is None:
+        return None
+    rate, currency = price
+    miss = max(call.prompt_tokens - call.cached_tokens, 0)
+    return currency, cost_of(rate, miss, call.cached_tokens, call.completion_tokens)
 
 
 def _credit(money: Money, currency: str, amount: Decimal) -> None:

@@ -34,7 +34,7 @@ from typing import Annotated, Literal, TextIO, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from lightmem_mcp.api import ExportResult, ImportResult, Progress, Stop
+from lightmem_mcp.api import ExportPage, ExportResult, ImportResult, Progress, Stop
 from lightmem_mcp.config import LimitSettings
 from lightmem_mcp.errors import InvalidInput
 from lightmem_mcp.indexing import RecordWriter
@@ -208,6 +208,34 @@ def export_points(
     store: VectorStore, layout: StoreLayout, out: TextIO, scope: Scope | None, vectors: bool
 ) -> ExportResult:
     """Write the header and every point of `scope` (all users when None), in id order."""
+    out.write(export_header(layout, scope, vectors) + "\n")
+    where = None if scope is None else RecordFilter.owned_by(scope)
+    kinds: Counter[str] = Counter()
+    # Vectors are read even when not exported: they tell a memory from a vector-less point.
+    for point in store.scan(where, with_vectors=True):
+        out.write(export_line(point, vectors) + "\n")
+        kinds[kind_of(point.payload)] += 1
+    out.flush()
+    return ExportResult(points=sum(kinds.values()), by_kind=dict(sorted(kinds.items())), vectors=vectors)
+
+
+def export_page(store: VectorStore, layout: StoreLayout, scope: Scope, after: str | None, limit: int) -> ExportPage:
+    """Up to `limit` point lines of the scope's export without vectors, in id order after the point id
+    `after`, the header first when `after` is None: the lines `export_points` writes, a page at a time."""
+    header = export_header(layout, scope, vectors=False) if after is None else None
+    lines: list[str] = []
+    last: str | None = None
+    # One point more than the page tells whether another page follows.
+    for point in store.scan(RecordFilter.owned_by(scope), with_vectors=True, page_size=limit + 1, after=after):
+        if len(lines) == limit:
+            return ExportPage(header=header, lines=lines, next=last)
+        lines.append(export_line(point, vectors=False))
+        last = point.id
+    return ExportPage(header=header, lines=lines, next=None)
+
+
+def export_header(layout: StoreLayout, scope: Scope | None, vectors: bool) -> str:
+    """The first line of an export of `scope` (all users when None), without its newline."""
     header = ExportHeader(
         format=FORMAT,
         version=FORMAT_VERSION,
@@ -221,18 +249,16 @@ def export_points(
     )
     # Without a project, the header is as earlier releases wrote it, so that they can import it.
     unset = {"scope": {"project"}} if scope is not None and scope.project is None else None
-    out.write(header.model_dump_json(exclude=unset) + "\n")
-    where = None if scope is None else RecordFilter.owned_by(scope)
-    kinds: Counter[str] = Counter()
-    # Vectors are read even when not exported: they tell a memory from a vector-less point.
-    for point in store.scan(where, with_vectors=True):
-        line: dict[str, object] = {"id": point.id, "embedded": point.dense is not None, "payload": point.payload}
-        if vectors and point.dense is not None:
-            line["dense"] = point.dense
-        out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
-        kinds[kind_of(point.payload)] += 1
-    out.flush()
-    return ExportResult(points=sum(kinds.values()), by_kind=dict(sorted(kinds.items())), vectors=vectors)
+    return header.model_dump_json(exclude=unset)
+
+
+def export_line(point: FoundPoint, vectors: bool) -> str:
+    """The line of one point (read with its vectors, which tell a memory from a vector-less point),
+    without its newline; its dense vector only with `vectors`."""
+    line: dict[str, object] = {"id": point.id, "embedded": point.dense is not None, "payload": point.payload}
+    if vectors and point.dense is not None:
+        line["dense"] = point.dense
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
 def check_output(path: str) -> Path:

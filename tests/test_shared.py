@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from lightmem_mcp.config import Settings, SharedSettings, StoreSettings
 from lightmem_mcp.embedder import Embedder, SentenceTransformerEmbedder
 from lightmem_mcp.errors import BackendUnavailable, InvalidInput
 from lightmem_mcp.memory import Memory
-from lightmem_mcp.records import Scope
+from lightmem_mcp.records import LLMCall, Scope, Usage
 from lightmem_mcp.shared import OwnerFiles, SharedMemory, describe_owner, holding_store
 
 ALICE = Scope("alice")
@@ -321,3 +322,44 @@ def test_what_resources_prompts_and_completions_read_crosses_the_channel(
     assert door.summaries(ALICE, "week") == []
     assert door.forget_preview(ALICE) == owner.forget_preview(ALICE) == {"turn": 2, "summary": 1}
     assert door.suggest(ALICE, "session_id", "kit") == ["kitchen"]
+
+
+def test_what_a_memory_browser_reads_crosses_the_channel(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder, servers: list[SharedMemory]
+) -> None:
+    settings = shared_settings(tmp_path / "data")
+    opened: list[Memory] = []
+
+    def open_memory(s: Settings, warm: Embedder | None) -> Memory:
+        opened.append(Memory.open(s, embedder=embedder))
+        return opened[-1]
+
+    servers.append(SharedMemory.open(settings, open_memory))
+    door = start(settings, embedder, servers)
+    (memory,) = opened  # the owner's
+    door.add([Message(role="user", content="I drink green tea every morning.", id="tea-1", name="Ann")], ALICE)
+    door.add([Message(role="user", content="Coffee after lunch, though.", id="cof-1", name="Bo")], ALICE)
+    call = LLMCall(
+        call_id="c1",
+        purpose="summary",
+        provider="openai-compatible",
+        model="fake-model",
+        usage=Usage(prompt_tokens=100, completion_tokens=10),
+        attempts=1,
+        seconds=0.1,
+        started_at=datetime(2026, 11, 30, tzinfo=UTC),
+        ok=True,
+        scope=ALICE,
+    )
+    memory.ledger.llm_called(call)
+
+    assert [r.source_ids for r in door.list(ALICE, speakers=["Ann"]).records] == [["tea-1"]]
+    assert door.list(ALICE, speakers=["Bo"]) == memory.list(ALICE, speakers=["Bo"])
+    assert door.activity(ALICE, "day", 3) == memory.activity(ALICE, "day", 3)
+    assert door.activity(ALICE).total == 2
+    assert door.llm_calls(ALICE, ["c1", "c2"]) == memory.llm_calls(ALICE, ["c1", "c2"])
+    assert [c.id for c in door.llm_calls(ALICE, ["c1"])] == ["c1"]
+    first, owned = door.export_page(ALICE, limit=2), memory.export_page(ALICE, limit=2)
+    assert (first.lines, first.next) == (owned.lines, owned.next)  # the headers differ by exported_at alone
+    assert first.header is not None and first.next is not None
+    assert door.export_page(ALICE, first.next, 2) == memory.export_page(ALICE, first.next, 2)

@@ -125,10 +125,15 @@ class VectorStore(Protocol):
         """Delete every match."""
 
     def scan(
-        self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
+        self,
+        where: RecordFilter | None = None,
+        with_vectors: bool = False,
+        page_size: int = 256,
+        after: str | None = None,
     ) -> Iterator[FoundPoint]:
-        """Every match in id order, vector-less points included, read a page at a time. `None` matches
-        every point of every user: for export and accounting only, never for a tool's read."""
+        """Every match in id order, vector-less points included, read a page at a time; with `after` (a
+        point id, stored or not), only those whose id comes after it. `None` matches every point of every
+        user: for export and accounting only, never for a tool's read."""
 
     def reindex(self, rewrite: Rewrite, progress: Callable[[int], None], batch: int = 64) -> None:
         """Rewrite every point into the current layout, a page at a time, resumable: a run that is

@@ -205,11 +205,15 @@ class EdgeStore:
         self._term_counts.forget([where.user_id])
 
     def scan(
-        self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
+        self,
+        where: RecordFilter | None = None,
+        with_vectors: bool = False,
+        page_size: int = 256,
+        after: str | None = None,
     ) -> Iterator[FoundPoint]:
         """Id order, paged by the shard's own offsets, so a large store never loads at once."""
         flt = _filter(where) if where is not None else None
-        offset: Any = None
+        offset: Any = after  # an offset is inclusive: the point `after` itself is left out below
         while True:
             request = qe.ScrollRequest(
                 offset=offset,
@@ -220,7 +224,8 @@ class EdgeStore:
             )
             records, offset = self._shard.scroll(request)
             for r in records:
-                yield FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector))
+                if after is None or str(r.id) != after:
+                    yield FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector))
             if offset is None or not records:
                 return
 

@@ -213,10 +213,14 @@ class QdrantServerStore:
         self._term_counts.forget([where.user_id])
 
     def scan(
-        self, where: RecordFilter | None = None, with_vectors: bool = False, page_size: int = 256
+        self,
+        where: RecordFilter | None = None,
+        with_vectors: bool = False,
+        page_size: int = 256,
+        after: str | None = None,
     ) -> Iterator[FoundPoint]:
         """Id order, paged by the server's next-page offsets."""
-        offset: Any = None
+        offset: Any = after  # an offset is inclusive: the point `after` itself is left out below
         while True:
             records, offset = self._client.scroll(
                 self._collection,
@@ -227,7 +231,8 @@ class QdrantServerStore:
                 with_vectors=[DENSE] if with_vectors else False,
             )
             for r in records:
-                yield FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector))
+                if after is None or str(r.id) != after:
+                    yield FoundPoint(str(r.id), r.payload or {}, dense=dense_vector(r.vector))
             if offset is None or not records:
                 return
 

@@ -651,6 +651,19 @@ def test_scan_pages_through_every_point_of_every_user_in_id_order(store: VectorS
     assert list(store.scan(RecordFilter("nobody"))) == []
 
 
+def test_scan_after_an_id_resumes_past_it_whether_or_not_it_is_stored(store: VectorStore) -> None:
+    points = [*conversation(), *filter_set("bob")]
+    store.upsert(points)
+    ordered = sorted(p.id for p in points)
+    absent = str(uuid.UUID(int=uuid.UUID(ordered[2]).int + 1))  # between the third id and the fourth
+
+    assert [p.id for p in store.scan(after=ordered[2], page_size=2)] == ordered[3:]
+    assert [p.id for p in store.scan(after=absent, page_size=1)] == ordered[3:]
+    assert [p.id for p in store.scan(after=ordered[-1])] == []
+    alice = sorted(p.id for p in store.scan(ALICE))
+    assert [p.id for p in store.scan(ALICE, after=alice[0], page_size=1)] == alice[1:]
+
+
 def test_scan_returns_dense_vectors_on_request_and_none_for_vectorless_points(store: VectorStore) -> None:
     ledger = StoredPoint(record_id("call"), None, None, {**memory("call").payload, "kind": "llm_call"})
     store.upsert([memory("a", dense=unit("a-vector")), ledger])
