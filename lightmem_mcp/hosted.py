@@ -62,7 +62,7 @@ from lightmem_mcp.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from lightmem_mcp.records import RecordFilter
 from lightmem_mcp.server import MemoryProvider, build_server
 from lightmem_mcp.ui.access import PATH as UI_PATH
-from lightmem_mcp.ui.app import build_ui
+from lightmem_mcp.ui.app import Guard, build_ui
 from lightmem_mcp.ui.local import access_of
 
 log = logging.getLogger(__name__)
@@ -165,12 +165,10 @@ def build_app(settings: Settings, transport: Transport, provider: MemoryProvider
     async def metrics_page(_: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
-    async def to_browser(_: Request) -> Response:
-        return RedirectResponse(f"{UI_PATH}/", status_code=308)
-
     browser: list[Route | Mount] = []
     if settings.ui.enabled:
         access = access_of(settings, "open" if verifier is None else "token", verifier)
+        to_browser = Guard(RedirectResponse(f"{UI_PATH}/", status_code=308), security)
         browser = [
             Route(UI_PATH, to_browser, methods=["GET"]),
             Mount(UI_PATH, app=build_ui(memory_provider, access, security)),

@@ -108,7 +108,8 @@ class Access:
             self._taken = {nonce: until for nonce, until in self._taken.items() if until > now}
             if granted["nonce"] in self._taken:
                 raise LinkRefused("this link was already used: each link opens one session; ask for a new one")
-            self._taken[granted["nonce"]] = now + self.link_s
+            # Its signature counts whole seconds, so it passes `loads` up to a second past link_s.
+            self._taken[granted["nonce"]] = now + self.link_s + 1
         tenant = granted.get("tenant")
         return self._sessions.dumps(
             {
@@ -153,7 +154,9 @@ class Access:
             scopes = set(verified.scopes)
             admin = "admin" in scopes
             acting = tenant_of(verified)
-            return Viewer(acting, admin or "read" in scopes, admin or "write" in scopes, sid, f"token for {acting}")
+            can_write = admin or "write" in scopes
+            who = f"token for {acting}" + ("" if can_write else " (read-only)")
+            return Viewer(acting, admin or "read" in scopes, can_write, sid, who)
         granted = session.get("tenant")
         tenant = granted if isinstance(granted, str) else None
         can_write = bool(session.get("write"))

@@ -62,6 +62,7 @@ TIMELINE_PAGE = 100
 _SOURCES_SHOWN = 12  # source messages shown per hit
 _TEXT_SHOWN = 600  # characters of a record's text in a list
 _SUMMARIES_READ = 1_000  # summaries read to find what a summary hit covers
+_LOOKED_UP = 1_000  # message ids looked for in other sessions, per page
 GROUPS = ("session", "day", "week")
 
 # No inline script or style anywhere: everything the page runs or wears comes from /ui/static.
@@ -73,7 +74,9 @@ _HEADERS = {
     "content-security-policy": CSP,
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",  # a link's ticket never leaves in a Referer
+    # A Referer only to this server, so a link's ticket never leaves; not "no-referrer", under which
+    # browsers send `Origin: null` with every form POST, and the Origin check refuses them all.
+    "referrer-policy": "same-origin",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=()",
@@ -229,6 +232,8 @@ class Pages:
         return viewer, None
 
     async def _page(self, request: Request, handler: Handler, write: bool = False) -> Response:
+        """Run `handler` for the session's viewer on the `user` asked for, once the checks pass: a
+        session, a user it may see, the `write` scope for actions, and the CSRF token on every POST."""
         viewer, cookie = await self._viewer(request)
         if viewer is None:
             if request.method != "GET":
@@ -248,11 +253,12 @@ class Pages:
                 )
             if not viewer.can_read:
                 raise Refused(403, "this token lacks the 'read' scope")
-            if write:
-                if not viewer.can_write:
-                    raise Refused(403, "this session is read-only: deleting and exporting need the 'write' scope")
-                if not self._access.csrf_ok(viewer, _field(form, "csrf")):
-                    raise Refused(403, "this form is stale or was not sent by this page: reload the page and retry")
+            if write and not viewer.can_write:
+                raise Refused(
+                    403, "this session is read-only: deleting, forgetting and exporting need the 'write' scope"
+                )
+            if form is not None and not self._access.csrf_ok(viewer, _field(form, "csrf")):
+                raise Refused(403, "this form is stale or was not sent by this page: reload the page and retry")
             memory = await self._provider.get()
             response = await handler(Page(request, viewer, user, memory))
         except Refused as refused:
@@ -391,6 +397,22 @@ class Pages:
             return {}
         got = await page.call(lambda m: m.get(every, Scope(page.user)).records)
         by_id = {r.id: r for r in got}
+        # A fact that consolidation merged also cites messages of other sessions: those not found in
+        # its own session are looked for in the user's other sessions.
+        lost = [r for r in records if r.kind == "fact" and any(i not in by_id for i in wanted[r.id])]
+        if lost:
+            named = await page.call(lambda m: m.suggest(Scope(page.user), "session_id", limit=50))
+            sessions: list[str | None] = [None, *named]
+            for record in lost:
+                ids = []
+                for message, own in zip(record.source_ids, wanted[record.id], strict=False):
+                    elsewhere = [Scope(record.user_id, record.agent_id, s, record.project) for s in sessions]
+                    others = [record_id(o, "turn", message) for o in elsewhere if o.session_id != record.session_id]
+                    ids += [own] if own in by_id else others
+                wanted[record.id] = ids
+            more = list(dict.fromkeys(i for r in lost for i in wanted[r.id] if i not in by_id))[:_LOOKED_UP]
+            if more:
+                by_id |= {r.id: r for r in await page.call(lambda m: m.get(more, Scope(page.user)).records)}
         return {
             owner: sorted((by_id[i] for i in ids if i in by_id), key=lambda r: r.event_time)
             for owner, ids in wanted.items()
@@ -552,7 +574,7 @@ class Pages:
 
     async def forget(self, request: Request) -> Response:
         """What forgetting a session, agent or user deletes (GET), and the deletion once typed (POST)."""
-        return await self._page(request, self._forget, write=request.method == "POST")
+        return await self._page(request, self._forget, write=True)
 
     async def _forget(self, page: Page) -> Response:
         request = page.request

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import uvicorn
@@ -89,7 +89,8 @@ def serve_local(settings: Settings, port: int | None, read_only: bool) -> int:
     config = uvicorn.Config(
         app, log_config=None, log_level=settings.server.log_level.lower(), access_log=False, server_header=False
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    with suppress(KeyboardInterrupt):  # uvicorn raises the Ctrl-C again once it has shut down: a clean stop
+        uvicorn.Server(config).run(sockets=[listener])
     return 0
 
 
