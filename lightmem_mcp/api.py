@@ -78,6 +78,8 @@ _CANCELLED = "True when the call was cancelled: it stopped at a batch boundary; 
 Window = Literal["all", "session", "day", "week"]
 # The stored fields whose values are offered when a client completes an argument.
 Suggestion = Literal["session_id", "agent_id", "project", "topic", "speaker"]
+# Fields whose distinct values `Memory.known` reads from the keyword index.
+Known = Literal["session_id", "agent_id", "speaker"]
 # How long one bar of a scope's activity is: a UTC day, or an ISO week (Monday to Sunday, UTC).
 BucketSize = Literal["day", "week"]
 

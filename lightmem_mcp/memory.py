@@ -9,9 +9,10 @@ import itertools
 import json
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TextIO, get_args
 
@@ -30,6 +31,7 @@ from lightmem_mcp.api import (
     HistoryEntry,
     HistoryResult,
     ImportResult,
+    Known,
     ListResult,
     LLMCallInfo,
     MemoryRecord,
@@ -102,7 +104,7 @@ from lightmem_mcp.reindex import reindex_store
 from lightmem_mcp.segmenter import SegmentationEncoders, TopicSegmenter
 from lightmem_mcp.sleep import SleepSchedule
 from lightmem_mcp.spend import SpendGuard, completion_share, estimate
-from lightmem_mcp.stats import call_info, collect_stats
+from lightmem_mcp.stats import call_info, collect_stats_until
 from lightmem_mcp.store import VectorStore, open_store
 from lightmem_mcp.store.schema import StoreLayout
 from lightmem_mcp.summarize import SUMMARY_PURPOSE, Summarizer, summary_info
@@ -114,6 +116,11 @@ _MAX_VERSIONS = 100
 SUMMARIES_READ = 1_000
 # Newest records read to suggest argument values (session ids, projects, topics) from.
 SUGGESTIONS_READ = 2_000
+# Most distinct values `known` returns.
+MAX_KNOWN = 1_000
+# How long a scope's stats are reused while this process has not written the user (see `Memory.stats`).
+STATS_KEPT_S = 60.0
+_STATS_SCOPES_KEPT = 256
 # Speaker names looked at to tell whether a query names one.
 _MAX_SPEAKERS = 256
 # Scopes read at once when looking for a backlog.
@@ -122,6 +129,17 @@ _MAX_SCOPES = 100_000
 MAX_ACTIVITY_BUCKETS = 366
 # Most point lines one export page holds.
 MAX_EXPORT_PAGE = 5_000
+
+
+@dataclass(frozen=True)
+class _KeptStats:
+    """A scope's stats, and what they hold for: this process's write count of the user, a monotonic
+    deadline, and the first expiry among the records counted (epoch seconds)."""
+
+    written: tuple[int, int]
+    until: float
+    expiry: float
+    result: StatsResult
 
 
 class Memory:
@@ -141,6 +159,8 @@ class Memory:
         `clock` tells the daily budgets what day it is, and every read which memories have expired."""
         self._settings = settings
         self._clock = clock
+        self._stats_lock = threading.Lock()
+        self._stats_kept: dict[Scope, _KeptStats] = {}
         self._limits = settings.limits
         self.redactor = SecretRedactor(settings.redaction)
         self.embedder = embedder
@@ -796,6 +816,17 @@ class Memory:
                     break
         return list(seen)
 
+    def known(self, scope: Scope, field: Known, limit: int = 50) -> builtins.list[str]:
+        """Distinct values of `field` among the scope's live records, most frequent first, counted in the
+        keyword index (no record is read): the choices of a filter."""
+        _check_scope(scope)
+        if not 1 <= limit <= MAX_KNOWN:
+            raise InvalidInput("limit", f"{limit} is out of range: use 1 to {MAX_KNOWN}")
+        where = RecordFilter(
+            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project, live_at=self._live_at()
+        )
+        return [v for v in self.store.values(SPEAKER_FIELD if field == "speaker" else field, where, limit) if v]
+
     # -- deleting ------------------------------------------------------------------------
 
     def delete(self, ids: Sequence[str], scope: Scope) -> DeleteResult:
@@ -892,9 +923,25 @@ class Memory:
         self.reindexed = reindex_store(self.store, self.writer, gap_s, batch)
 
     def stats(self, scope: Scope) -> StatsResult:
-        """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope."""
+        """Records by kind and status, compression savings, LLM calls, tokens and estimated cost of the scope.
+
+        Counting reads every record of the scope (a second at 10k records), so a scope's figures are
+        kept while this process has not changed the user's records and none of them has expired, for at
+        most `STATS_KEPT_S` (which bounds what other processes' writes can leave unseen)."""
         _check_scope(scope)
-        result = collect_stats(self.store, scope, self._settings.price, self.compressor.counter, self._clock())
+        written = self.store.written(scope.user_id)
+        clock, at = time.monotonic(), self._clock()
+        with self._stats_lock:
+            kept = self._stats_kept.get(scope)
+        if kept is not None and kept.written == written and clock < kept.until and to_epoch(at) < kept.expiry:
+            result = kept.result
+        else:
+            result, expiry = collect_stats_until(self.store, scope, self._settings.price, self.compressor.counter, at)
+            with self._stats_lock:
+                if len(self._stats_kept) >= _STATS_SCOPES_KEPT:
+                    self._stats_kept.clear()
+                until = clock + STATS_KEPT_S
+                self._stats_kept[scope] = _KeptStats(written, until, math.inf if expiry is None else expiry, result)
         budget = self.spend.status(scope.user_id) if self.spend.enabled else None
         return result.model_copy(update={"budget": budget})
 

@@ -59,6 +59,7 @@ from lightmem_mcp.api import (
     FlushResult,
     GetResult,
     HistoryResult,
+    Known,
     ListResult,
     LLMCallInfo,
     Message,
@@ -111,6 +112,7 @@ FORWARDED = (
     "summaries",
     "forget_preview",
     "suggest",
+    "known",
     "activity",
     "llm_calls",
     "export_page",
@@ -1114,6 +1116,10 @@ class SharedMemory:
     def suggest(self, scope: Scope, field: Suggestion, prefix: str = "", limit: int = 100) -> builtins.list[str]:
         """`Memory.suggest`."""
         return self._call(builtins.list, "suggest", scope=scope, field=field, prefix=prefix, limit=limit)
+
+    def known(self, scope: Scope, field: Known, limit: int = 50) -> builtins.list[str]:
+        """`Memory.known`."""
+        return self._call(builtins.list, "known", scope=scope, field=field, limit=limit)
 
     def activity(self, scope: Scope, bucket: BucketSize = "week", buckets: int = 12) -> ActivityResult:
         """`Memory.activity`."""

@@ -118,7 +118,7 @@ class _AddedTurn:
     """A turn as the one-call-per-add estimate renders it, with its place in its add."""
 
     position: int
-    turn: BufferedTurn
+    turn: Turn
 
 
 class _ScopeTally:
@@ -129,6 +129,7 @@ class _ScopeTally:
         self._at = at  # what has expired by then is counted apart
         self.expired_pending = 0
         self.expired_purged = 0
+        self.next_expiry: float | None = None  # the first expiry after `at`: the figures hold until then
         self.statuses: dict[Kind, Counter[str]] = {kind: Counter() for kind in KINDS}
         self.stages: Counter[str] = Counter()
         self.compression: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -154,6 +155,9 @@ class _ScopeTally:
         if record.expired(self._at):
             self.expired_pending += 1
             return
+        expires = record.expires_ts
+        if expires is not None and (self.next_expiry is None or expires < self.next_expiry):
+            self.next_expiry = expires
         if kind in self.statuses:
             self.statuses[kind][record.status] += 1
         if isinstance(record, Turn):
@@ -167,7 +171,7 @@ class _ScopeTally:
         row[1] += before
         row[2] += after
         add = turn.add_key
-        self.adds[add].append(_AddedTurn(turn.position, BufferedTurn.of(turn, said=True)))
+        self.adds[add].append(_AddedTurn(turn.position, turn))
         if turn.stage == "extracted":
             self.extracted_extra_tokens += before - after
             self.extracted_adds.add(add)
@@ -212,11 +216,16 @@ class _ScopeTally:
         if price is not None and extra:
             _credit(uncompressed_cost, price[1], cost_of(price[0], extra, 0, 0))
 
-        per_add_prompt = sum(
-            counter.count(extraction_prompt(add[0]))
-            + counter.count(render_batch([[added.turn for added in sorted(self.adds[add], key=lambda a: a.position)]]))
-            for add in self.extracted_adds
-        )
+        # The system prompt depends only on the scope's tier: counted once per distinct prompt, not per add.
+        system_tokens: dict[str, int] = {}
+        per_add_prompt = 0
+        for add in self.extracted_adds:
+            system = extraction_prompt(add[0])
+            if system not in system_tokens:
+                system_tokens[system] = counter.count(system)
+            added = sorted(self.adds[add], key=lambda a: a.position)
+            batch = render_batch([[BufferedTurn.of(a.turn, said=True) for a in added]])
+            per_add_prompt += system_tokens[system] + counter.count(batch)
         per_add_cost = dict(other_cost)
         if price is not None:
             _credit(per_add_cost, price[1], cost_of(price[0], per_add_prompt, 0, extraction.completion))
@@ -291,10 +300,18 @@ def collect_stats(
 ) -> StatsResult:
     """Read every point of the scope once and account for it; memories expired at `at` (default now)
     are counted apart."""
+    return collect_stats_until(store, scope, prices, counter, at)[0]
+
+
+def collect_stats_until(
+    store: VectorStore, scope: Scope, prices: PriceSettings, counter: TokenCounter, at: datetime | None = None
+) -> tuple[StatsResult, float | None]:
+    """`collect_stats`, and until when (epoch seconds) the figures hold without a write: the first
+    expiry after `at` (None: no record will expire)."""
     tally = _ScopeTally(prices, to_epoch(at or now()))
     for point in store.scan(RecordFilter(scope.user_id, scope.agent_id, scope.session_id, project=scope.project)):
         tally.add(point)
-    return tally.result(scope, counter)
+    return tally.result(scope, counter), tally.next_expiry
 
 
 def call_info(call_id: str, call: LedgerEntry, prices: PriceSettings) -> LLMCallInfo:

@@ -365,3 +365,46 @@ def test_an_export_page_refuses_a_bad_cursor_or_limit(memory: Memory) -> None:
         with pytest.raises(InvalidInput) as refused:
             memory.export_page(MAYA, limit=limit)
         assert refused.value.field == "limit"
+
+
+# -- the choices of a filter, and stats kept between writes -------------------------------------------
+
+
+def test_known_lists_a_users_speakers_and_sessions_most_frequent_first(memory: Memory) -> None:
+    memory.add(
+        [
+            said("k1", "Morning, Caroline here.", "2026-11-01T09:00:00Z", "Caroline"),
+            said("k2", "Melanie: the kids painted today.", "2026-11-01T09:01:00Z", "Melanie"),
+            said("k3", "Caroline again: I signed up for the run.", "2026-11-01T09:02:00Z", "Caroline"),
+        ],
+        MAYA,
+    )
+    memory.add([said("k4", "A note in another session.", "2026-11-02T09:00:00Z")], Scope("maya", session_id="notes"))
+    memory.add([said("k5", "Bob's own words.", "2026-11-02T09:00:00Z", "Bob")], Scope("bob", session_id="vault"))
+
+    assert memory.known(Scope("maya"), "speaker") == ["Caroline", "Melanie"]
+    assert memory.known(Scope("maya"), "session_id") == ["garden", "notes"]
+    assert memory.known(Scope("maya"), "session_id", limit=1) == ["garden"]
+    assert "vault" not in memory.known(Scope("maya"), "session_id")
+    with pytest.raises(InvalidInput, match="limit"):
+        memory.known(Scope("maya"), "speaker", limit=0)
+
+
+def test_stats_are_counted_again_after_a_write_a_delete_or_an_expiry(memory: Memory, clock: Clock) -> None:
+    first = memory.add([said("s1", "I keep bees.", "2026-11-01T09:00:00Z")], MAYA)
+    assert turns_in(memory.stats(MAYA)) == 1
+    assert memory.stats(MAYA) == memory.stats(MAYA)  # nothing changed: the same figures
+
+    memory.add([said("s2", "Just for today.", "2026-11-01T09:05:00Z")], MAYA, ttl=HOUR)
+    assert turns_in(memory.stats(MAYA)) == 2  # a write is seen at once
+
+    clock.at += timedelta(hours=2)
+    expired = memory.stats(MAYA)
+    assert (turns_in(expired), expired.expired_pending) == (1, 1)  # an expiry is seen with no write
+
+    memory.delete(first.ids, MAYA)
+    assert turns_in(memory.stats(MAYA)) == 0
+
+
+def turns_in(stats: object) -> int:
+    return next(r.active for r in stats.records if r.kind == "turn")  # type: ignore[attr-defined]

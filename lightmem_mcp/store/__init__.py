@@ -71,6 +71,31 @@ class TermCounts:
                     self._generations[user_id] = self._generations.get(user_id, 0) + 1
 
 
+class Writes:
+    """How often this process has changed each user's records: a derived figure (such as a user's
+    stats) taken at one count is still true while the count stays the same, for this process's writes.
+    `None` stands for every user (a re-index)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, int] = {}
+        self._everyone = 0
+
+    def wrote(self, user_ids: Iterable[str | None]) -> None:
+        """Count a change to these users' records."""
+        with self._lock:
+            for user_id in user_ids:
+                if user_id is None:
+                    self._everyone += 1
+                else:
+                    self._users[user_id] = self._users.get(user_id, 0) + 1
+
+    def of(self, user_id: str) -> tuple[int, int]:
+        """The user's count (and everyone's): equal counts mean no change in between."""
+        with self._lock:
+            return self._everyone, self._users.get(user_id, 0)
+
+
 # Rewrites a page of points into the current layout (fresh vectors, updated payload) during a re-index.
 Rewrite = Callable[[Sequence[FoundPoint]], list[StoredPoint]]
 
@@ -117,6 +142,9 @@ class VectorStore(Protocol):
     def expired_scopes(self, at: float, limit: int) -> list[Scope]:
         """The exact scopes holding records expired at `at` (epoch seconds), across users, found among
         up to `limit` of those records: the purge's work."""
+
+    def written(self, user_id: str) -> tuple[int, int]:
+        """Changes whenever this process writes, updates or deletes the user's records (`Writes`)."""
 
     def count(self, where: RecordFilter) -> int:
         """How many records match."""

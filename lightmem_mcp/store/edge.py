@@ -24,7 +24,7 @@ from lightmem_mcp.records import (
     SparseVector,
     StoredPoint,
 )
-from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
+from lightmem_mcp.store import Rewrite, TermCounts, Writes, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -54,6 +54,7 @@ class EdgeStore:
         self._write_lock = threading.Lock()
         # One process owns the directory, so its own writes are the only ones: no expiry needed.
         self._term_counts = TermCounts(ttl_s=None)
+        self._writes = Writes()
         private_directory(path)  # memories in clear: 0700 / 0600, whatever the umask
         layout_file = path / _LAYOUT_FILE
         self._layout = layout
@@ -123,6 +124,7 @@ class EdgeStore:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(edge_points))
         self._term_counts.forget({str(p.payload.get(TENANT_FIELD)) for p in points})
+        self._writes.wrote({str(p.payload.get(TENANT_FIELD)) for p in points})
 
     def nearest(
         self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
@@ -162,6 +164,11 @@ class EdgeStore:
         """Set fields on every match, in one operation."""
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.set_payload_by_filter(_filter(where), dict(values)))
+        self._writes.wrote([where.user_id])
+
+    def written(self, user_id: str) -> tuple[int, int]:
+        """This process's changes to the user's records, counted."""
+        return self._writes.of(user_id)
 
     def values(self, field: str, where: RecordFilter, limit: int) -> list[str]:
         """From the keyword index, exact counts."""
@@ -203,6 +210,7 @@ class EdgeStore:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.delete_points_by_filter(_filter(where)))
         self._term_counts.forget([where.user_id])
+        self._writes.wrote([where.user_id])
 
     def scan(
         self,
@@ -273,6 +281,7 @@ class EdgeStore:
             self.stale = False
             self._drop_leftovers()
         self._term_counts.forget([None])
+        self._writes.wrote([None])
 
     def close(self) -> None:
         """Flush segments and release the directory lock; closing twice is harmless."""

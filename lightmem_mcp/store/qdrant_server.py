@@ -22,7 +22,7 @@ from lightmem_mcp.records import (
     SparseVector,
     StoredPoint,
 )
-from lightmem_mcp.store import Rewrite, TermCounts, dense_vector, scopes_of
+from lightmem_mcp.store import Rewrite, TermCounts, Writes, dense_vector, scopes_of
 from lightmem_mcp.store.schema import (
     DENSE,
     FLOAT_FIELDS,
@@ -45,6 +45,7 @@ class QdrantServerStore:
         self._collection = collection
         # Other replicas write the same collection: their writes show in the counts within a minute.
         self._term_counts = TermCounts(ttl_s=60.0)
+        self._writes = Writes()
         where = f"collection {collection!r}"
         try:
             exists = client.collection_exists(collection)
@@ -126,6 +127,7 @@ class QdrantServerStore:
             wait=True,
         )
         self._term_counts.forget({str(p.payload.get(TENANT_FIELD)) for p in points})
+        self._writes.wrote({str(p.payload.get(TENANT_FIELD)) for p in points})
 
     def nearest(
         self, vector: list[float] | SparseVector, where: RecordFilter, limit: int, with_payload: bool = True
@@ -169,6 +171,11 @@ class QdrantServerStore:
         self._client.set_payload(
             self._collection, payload=dict(values), points=qm.FilterSelector(filter=_filter(where)), wait=True
         )
+        self._writes.wrote([where.user_id])
+
+    def written(self, user_id: str) -> tuple[int, int]:
+        """This process's changes to the user's records, counted (other replicas' writes are not)."""
+        return self._writes.of(user_id)
 
     def values(self, field: str, where: RecordFilter, limit: int) -> list[str]:
         """The server's facet counts over the keyword index."""
@@ -211,6 +218,7 @@ class QdrantServerStore:
         """Delete every record the filter matches."""
         self._client.delete(self._collection, points_selector=qm.FilterSelector(filter=_filter(where)), wait=True)
         self._term_counts.forget([where.user_id])
+        self._writes.wrote([where.user_id])
 
     def scan(
         self,

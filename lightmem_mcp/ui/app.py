@@ -63,6 +63,7 @@ _SOURCES_SHOWN = 12  # source messages shown per hit
 _TEXT_SHOWN = 600  # characters of a record's text in a list
 _SUMMARIES_READ = 1_000  # summaries read to find what a summary hit covers
 _LOOKED_UP = 1_000  # message ids looked for in other sessions, per page
+_SESSIONS_LOOKED_IN = 200  # sessions (the busiest) where a merged fact's other messages are looked for
 GROUPS = ("session", "day", "week")
 
 # No inline script or style anywhere: everything the page runs or wears comes from /ui/static.
@@ -192,7 +193,7 @@ class Pages:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self._templates.filters.update(when=_when, day=_day, shortened=_shortened, pretty=_pretty)
+        self._templates.filters.update(when=_when, day=_day, shortened=_shortened, pretty=_pretty, plural=_plural)
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -360,7 +361,7 @@ class Pages:
             hits = [h for h in found.hits if h.kind != "turn"]
             records = await page.call(lambda m: m.get([h.id for h in hits], Scope(page.user)).records) if hits else []
             sources = await self._sources(page, records)
-        speakers = await page.call(lambda m: m.suggest(Scope(page.user), "speaker", limit=50))
+        speakers = await page.call(lambda m: m.known(Scope(page.user), "speaker"))
         return self.render(
             page.request,
             "search.html",
@@ -401,7 +402,7 @@ class Pages:
         # its own session are looked for in the user's other sessions.
         lost = [r for r in records if r.kind == "fact" and any(i not in by_id for i in wanted[r.id])]
         if lost:
-            named = await page.call(lambda m: m.suggest(Scope(page.user), "session_id", limit=50))
+            named = await page.call(lambda m: m.known(Scope(page.user), "session_id", _SESSIONS_LOOKED_IN))
             sessions: list[str | None] = [None, *named]
             for record in lost:
                 ids = []
@@ -443,8 +444,8 @@ class Pages:
             )
         )
         groups = _grouped(listed.records, group)
-        speakers = await page.call(lambda m: m.suggest(Scope(page.user), "speaker", limit=50))
-        sessions = await page.call(lambda m: m.suggest(Scope(page.user), "session_id", limit=50))
+        speakers = await page.call(lambda m: m.known(Scope(page.user), "speaker"))
+        sessions = await page.call(lambda m: m.known(Scope(page.user), "session_id"))
         filters = {"kind": kind, "speaker": speaker, "session": session or "", "group": group, "meta": raw_meta}
         return self.render(
             page.request,
@@ -537,6 +538,11 @@ class Pages:
             ]
         )
         costs = _cost_bars(stats)
+        saved = {
+            currency: 1 - stats.cost.actual.get(currency, 0.0) / baseline
+            for currency, baseline in stats.cost.one_call_per_add.cost.items()
+            if baseline > 0
+        }
         return self.render(
             page.request,
             "stats.html",
@@ -551,6 +557,7 @@ class Pages:
             calls=calls,
             llm_tokens=llm_tokens,
             costs=costs,
+            saved=saved,
         )
 
     # -- actions -------------------------------------------------------------------------------
@@ -791,6 +798,10 @@ def _day(value: datetime) -> str:
 
 def _shortened(text: str, limit: int = _TEXT_SHOWN) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _plural(kind: str) -> str:
+    return "summaries" if kind == "summary" else f"{kind}s"
 
 
 def _pretty(value: object) -> str:

@@ -674,3 +674,15 @@ def test_scan_returns_dense_vectors_on_request_and_none_for_vectorless_points(st
     assert found["a"].dense is not None
     assert max(abs(x - y) for x, y in zip(found["a"].dense, unit("a-vector"), strict=True)) < 1e-5
     assert all(p.dense is None for p in store.scan())
+
+
+def test_written_changes_with_every_write_update_and_delete_of_that_user_only(store: VectorStore) -> None:
+    before, bob = store.written("alice"), store.written("bob")
+    store.upsert(conversation())
+    after_upsert = store.written("alice")
+    store.set_payload(ALICE, {"stage": "extracted"})
+    after_update = store.written("alice")
+    store.delete(ALICE)
+
+    assert len({before, after_upsert, after_update, store.written("alice")}) == 4
+    assert store.written("bob") == bob
