@@ -6,14 +6,17 @@ says how. This version must read the stored payloads unchanged: no migration, no
 same records, histories, stats, hits and recalled context. Float scores are compared to 1e-6 (the
 query is embedded again at each call); everything else exactly, but for the fields added since
 (`ADDED_FIELDS`), which must say that every record is in the user's global tier, has no metadata and
-never expires, and that no daily budget is set and nothing expired.
+never expires, and that no daily budget is set and nothing expired; and for the fields that newly show
+what was stored (`SHOWN_FIELDS`), such as the LLM call that wrote a fact.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,11 @@ ADDED_FIELDS: dict[str, Any] = {
     "expires_at": None,
     "expired_purged": 0,
     "expired_pending": 0,
+}
+# Result fields added since that show what the store already held: any value the stored payloads give.
+SHOWN_FIELDS: dict[str, Callable[[Any], bool]] = {
+    # The LLM call that wrote a fact or summary (the id the ledger and the history already named).
+    "llm_call_id": lambda value: value is None or bool(re.fullmatch(r"[0-9a-f]{32}", str(value))),
 }
 
 
@@ -56,7 +64,8 @@ def differences(expected: Any, actual: Any, path: str = "") -> list[str]:
         found += [
             f"{path}.{k}: new field {actual[k]!r}"
             for k in actual.keys() - expected.keys()
-            if k not in ADDED_FIELDS or actual[k] != ADDED_FIELDS[k]
+            if (k not in ADDED_FIELDS or actual[k] != ADDED_FIELDS[k])
+            and not (k in SHOWN_FIELDS and SHOWN_FIELDS[k](actual[k]))
         ]
         for key in expected.keys() & actual.keys():
             found += differences(expected[key], actual[key], f"{path}.{key}")
@@ -137,3 +146,16 @@ def test_a_store_written_by_the_previous_version_answers_the_same(tmp_path: Path
     finally:
         memory.close()
     assert not found, f"{len(found)} answers differ from the previous version's:\n" + "\n".join(found[:20])
+    # Every fact the previous version extracted names the LLM call that wrote it, as the store held it.
+    listed = answers_now_facts(settings, Scope(**friends["scope"]))
+    assert listed and all(call for call in listed)
+
+
+def answers_now_facts(settings: Settings, scope: Scope) -> list[str | None]:
+    """The `llm_call_id` of every fact of `scope`, superseded ones too, as this version lists them."""
+    memory = Memory.open_idle(settings)
+    try:
+        found = memory.list(scope, kinds=["fact"], limit=100, include_superseded=True)
+        return [r.llm_call_id for r in found.records]
+    finally:
+        memory.close()
