@@ -736,6 +736,11 @@ def test_the_timeline_filters_by_kind_speaker_session_and_metadata(world: World)
 
     grouped = world.page(maya, "/ui/timeline?user=maya&session=garden&group=session")
     assert "Session garden (10)" in grouped.text
+    # Every session of the page under one heading, however its records interleave in time.
+    by_session = maya.get("/ui/timeline?user=maya&group=session")
+    assert_page(by_session, world.host)
+    headings = re.findall(r"<h2 id=\"g\d+\">(Session [^<]*?) <span", by_session.text)
+    assert sorted(headings) == sorted(set(headings)) and {"Session garden", "Session notes"} <= set(headings)
 
     bad = maya.get("/ui/timeline?user=maya&meta=novalue")
     assert bad.status_code == 400

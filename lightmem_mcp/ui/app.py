@@ -704,8 +704,9 @@ class Group:
 
 
 def _grouped(records: Sequence[MemoryRecord], group: str) -> list[Group]:
-    """Consecutive records (newest first) under the heading of their session, day or week."""
-    groups: list[Group] = []
+    """A page's records (newest first) under the heading of their session, day or week, the groups in
+    the order of their newest record: a session's fact dated after its later sessions stays with it."""
+    groups: dict[str, Group] = {}
     for record in records:
         if group == "session":
             label = f"Session {record.session_id}" if record.session_id else "No session"
@@ -714,11 +715,8 @@ def _grouped(records: Sequence[MemoryRecord], group: str) -> list[Group]:
             label = f"Week {year}-W{week:02d}"
         else:
             label = record.event_time.strftime("%A %-d %B %Y")
-        if groups and groups[-1].label == label:
-            groups[-1].records.append(record)
-        else:
-            groups.append(Group(label, [record]))
-    return groups
+        groups.setdefault(label, Group(label, [])).records.append(record)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
