@@ -721,9 +721,7 @@ class Memory:
     def count(self, scope: Scope) -> int:
         """How many records the scope reads (a project's and the global tier's), expired ones left out."""
         _check_scope(scope)
-        where = RecordFilter(
-            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project, live_at=self._live_at()
-        )
+        where = self._live(scope)
         return self.store.count(where)
 
     def activity(self, scope: Scope, bucket: BucketSize = "week", buckets: int = 12) -> ActivityResult:
@@ -735,9 +733,7 @@ class Memory:
             raise InvalidInput("bucket", f"{bucket!r}: use day or week")
         if not 1 <= buckets <= MAX_ACTIVITY_BUCKETS:
             raise InvalidInput("buckets", f"{buckets} is out of range: use 1 to {MAX_ACTIVITY_BUCKETS}")
-        where = RecordFilter(
-            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project, live_at=self._live_at()
-        )
+        where = self._live(scope)
         newest = self.store.scroll(where, 1)
         if not newest:
             return ActivityResult(bucket=bucket, buckets=[], total=0)
@@ -803,9 +799,7 @@ class Memory:
         ignored), most recent first: what a client offers when completing an argument."""
         _check_scope(scope)
         kinds: tuple[str, ...] = ("summary",) if field == "topic" else KINDS
-        where = RecordFilter(
-            scope.user_id, scope.agent_id, scope.session_id, kinds=kinds, project=scope.project, live_at=self._live_at()
-        )
+        where = self._live(scope, kinds)
         wanted = prefix.casefold()
         seen: dict[str, None] = {}
         for point in self.store.scroll(where, SUGGESTIONS_READ):
@@ -822,9 +816,7 @@ class Memory:
         _check_scope(scope)
         if not 1 <= limit <= MAX_KNOWN:
             raise InvalidInput("limit", f"{limit} is out of range: use 1 to {MAX_KNOWN}")
-        where = RecordFilter(
-            scope.user_id, scope.agent_id, scope.session_id, kinds=KINDS, project=scope.project, live_at=self._live_at()
-        )
+        where = self._live(scope)
         return [v for v in self.store.values(SPEAKER_FIELD if field == "speaker" else field, where, limit) if v]
 
     # -- deleting ------------------------------------------------------------------------
@@ -889,6 +881,17 @@ class Memory:
     def _live_at(self) -> float:
         """Now by the clock, in epoch seconds: reads leave out what has expired by then."""
         return to_epoch(self._clock())
+
+    def _live(self, scope: Scope, kinds: Sequence[str] = KINDS) -> RecordFilter:
+        """The scope's records as reads see them (a project's and the global tier's; expired ones left out)."""
+        return RecordFilter(
+            scope.user_id,
+            scope.agent_id,
+            scope.session_id,
+            kinds=tuple(kinds),
+            project=scope.project,
+            live_at=self._live_at(),
+        )
 
     def _where(self, scope: Scope, filters: SearchFilters | None) -> RecordFilter:
         filters = filters or SearchFilters()
